@@ -1,0 +1,491 @@
+"""Scout's data: users, their alert state, the alert log, and the store that keeps them.
+
+One interface (`Store`), two implementations: `SqliteStore` here (the embedded
+default) and `scout.firestore_store.FirestoreStore` in production. Both processes,
+the web app and the poller, use it; neither keeps alert state in memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterator, Protocol
+
+MAX_EXTRA_CONTACTS = 5
+CHANNELS = ("sms", "whatsapp")
+DEFAULT_LOW_MGDL = 70.0
+DEFAULT_HIGH_MGDL = 240.0
+
+
+@dataclass(frozen=True)
+class Contact:
+    phone: str  # E.164
+    channel: str = "sms"  # "sms" or "whatsapp"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"phone": self.phone, "channel": self.channel}
+
+    @classmethod
+    def from_value(cls, value: Any) -> "Contact | None":
+        """Read a contact as Scout stores it, or as a bare number (the tutorial's shape)."""
+        if isinstance(value, dict) and value.get("phone"):
+            channel = value.get("channel", "sms")
+            return cls(str(value["phone"]), channel if channel in CHANNELS else "sms")
+        if isinstance(value, str) and value.strip():
+            return cls(value.strip())
+        return None
+
+
+@dataclass(frozen=True)
+class User:
+    """A person Scout watches. `id` is the Google subject id (`sub`)."""
+
+    id: str
+    email: str
+    name: str = ""
+    nightscout_url: str = ""
+    nightscout_token: str = ""  # access token, sent as ?token=
+    nightscout_api_secret: str = ""  # API secret, sent as the SHA-1 `api-secret` header
+    phone: str = ""
+    emergency_contact: Contact | None = None
+    extra_contacts: tuple[Contact, ...] = ()
+    units: str = "mg/dL"
+    low_mgdl: float = DEFAULT_LOW_MGDL
+    high_mgdl: float = DEFAULT_HIGH_MGDL
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.email.split("@")[0]
+
+    @property
+    def contacts(self) -> tuple[Contact, ...]:
+        """Everyone to text when a call goes unanswered: the emergency contact first."""
+        first = (self.emergency_contact,) if self.emergency_contact else ()
+        return first + tuple(self.extra_contacts)
+
+    @property
+    def is_watchable(self) -> bool:
+        return bool(self.nightscout_url and self.phone)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["emergency_contact"] = self.emergency_contact.as_dict() if self.emergency_contact else None
+        data["extra_contacts"] = [c.as_dict() for c in self.extra_contacts]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "User":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["emergency_contact"] = Contact.from_value(data.get("emergency_contact"))
+        extra = [Contact.from_value(c) for c in data.get("extra_contacts") or []]
+        values["extra_contacts"] = tuple(c for c in extra if c)
+        return cls(**values)
+
+
+@dataclass
+class CallRecord:
+    """The latest alert call of an episode and what became of it."""
+
+    key: str  # the alert log key of the call, which holds the provider's call id
+    placed_at: float
+    outcome: str = "pending"  # pending | acknowledged | unanswered
+    detail: str = ""  # the provider's final status, e.g. "no-answer"
+    escalated: bool = False  # contacts were told about this unanswered call
+
+
+@dataclass
+class Episode:
+    """One stretch out of range, from the first fresh out-of-range reading to the all-clear."""
+
+    id: str
+    kind: str  # "low" or "high"
+    started_at: float
+    calls: int = 0
+    last_call_at: float | None = None
+    call: CallRecord | None = None
+    acknowledged_at: float | None = None
+    contact_rounds: int = 0
+    last_contacts_at: float | None = None
+    alerted: list[list[str]] = field(default_factory=list)  # [phone, channel] pairs
+
+
+@dataclass
+class AlertState:
+    """Everything Scout must remember about one user between polls."""
+
+    episode: Episode | None = None
+    failed_polls: int = 0
+    outage_notified: bool = False
+    last_failure: str = ""
+    gap_notified_for: float | None = None  # reading time the no-data text was sent for
+    no_valid_since: float | None = None  # first poll that had only CGM error codes
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "AlertState":
+        if not data:
+            return cls()
+        data = dict(data)
+        episode = data.pop("episode", None)
+        state = cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+        if episode:
+            episode = dict(episode)
+            call = episode.pop("call", None)
+            state.episode = Episode(**episode, call=CallRecord(**call) if call else None)
+        return state
+
+    def copy(self) -> "AlertState":
+        return AlertState.from_dict(self.as_dict())
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One call or message, recorded before it is sent and updated after.
+
+    `key` is unique per action, so the same alert is never recorded, or sent, twice.
+    `status`: pending (recorded, not yet sent), sent, failed (will be retried),
+    permanent (the provider refused it for good), expired (too old to retry).
+    """
+
+    key: str
+    user_id: str
+    kind: str  # call | sms | whatsapp
+    purpose: str  # alert | contacts | outage | no_data | all_clear | recovered | test
+    recipient: str
+    body: str
+    created_at: float
+    status: str = "pending"
+    provider: str = ""
+    provider_id: str = ""
+    outcome: str = ""
+    error: str = ""
+    attempts: int = 0
+    updated_at: float = 0.0
+    claimed_until: float = 0.0
+    id: str = ""
+
+    @property
+    def claimable(self) -> bool:
+        return self.status in ("pending", "failed", "sending")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    finished_at: float
+    summary: dict[str, Any]
+
+
+class StoreUnavailable(Exception):
+    """The store could not be read or written right now; the caller should try again later."""
+
+
+class UserFeed(Protocol):
+    def users(self) -> list[User]: ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """What the web app and the poller need from storage. SQLite and Firestore both provide it."""
+
+    # users
+    def get_user(self, user_id: str) -> User | None: ...
+    def find_user_by_email(self, email: str) -> User | None: ...
+    def save_user(self, user: User) -> None: ...
+    def delete_user(self, user_id: str) -> None: ...
+    def list_users(self) -> list[User]: ...
+    def user_feed(self) -> UserFeed: ...
+
+    # alert state, written with compare-and-set on `version`
+    def get_state(self, user_id: str) -> tuple[AlertState, int]: ...
+    def commit(self, user_id: str, state: AlertState | None, version: int, entries: list[LogEntry]) -> bool: ...
+
+    # alert log
+    def update_log(self, key: str, **changes: Any) -> None: ...
+    def claim_log(self, key: str, now: float, hold: float) -> LogEntry | None: ...
+    def get_log(self, key: str) -> LogEntry | None: ...
+    def find_log_by_provider_id(self, provider_id: str) -> LogEntry | None: ...
+    def user_log(self, user_id: str, limit: int = 50) -> list[LogEntry]: ...
+    def unsent_log(self) -> list[LogEntry]: ...
+
+    # the poller lease and cycle records
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool: ...
+    def release_lease(self, name: str, holder: str) -> None: ...
+    def record_cycle(self, record: CycleRecord) -> None: ...
+    def last_cycle(self) -> CycleRecord | None: ...
+
+    def close(self) -> None: ...
+
+
+def new_log_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _RereadingFeed:
+    """A user feed that simply re-reads the users: right for a local SQLite file."""
+
+    def __init__(self, store: "SqliteStore") -> None:
+        self._store = store
+
+    def users(self) -> list[User]:
+        return self._store.list_users()
+
+    def close(self) -> None:
+        pass
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    data TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS users_email ON users (email);
+CREATE TABLE IF NOT EXISTS alert_state (
+    user_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_log (
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    provider_id TEXT NOT NULL DEFAULT '',
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_log_user ON alert_log (user_id, created_at);
+CREATE INDEX IF NOT EXISTS alert_log_provider ON alert_log (provider_id);
+CREATE INDEX IF NOT EXISTS alert_log_unsent ON alert_log (status);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    finished_at REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+"""
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file shared by the web app and the poller."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._local = threading.local()
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            self._connection().executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {path} could not be opened: {exc}") from exc
+
+    # connections: one per thread, opened lazily (so nothing crosses a fork)
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path} is unavailable: {exc}") from exc
+        try:
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise StoreUnavailable(f"SQLite store {self.path} could not be written: {exc}") from exc
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path} could not be read: {exc}") from exc
+
+    # users
+    def get_user(self, user_id: str) -> User | None:
+        rows = self._query("SELECT data FROM users WHERE id = ?", (user_id,))
+        return User.from_dict(json.loads(rows[0][0])) if rows else None
+
+    def find_user_by_email(self, email: str) -> User | None:
+        rows = self._query("SELECT data FROM users WHERE email = ? LIMIT 1", (email,))
+        return User.from_dict(json.loads(rows[0][0])) if rows else None
+
+    def save_user(self, user: User) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO users (id, email, data, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET email = excluded.email, data = excluded.data, "
+                "updated_at = excluded.updated_at",
+                (user.id, user.email, json.dumps(user.as_dict()), time.time()),
+            )
+
+    def delete_user(self, user_id: str) -> None:
+        with self._transaction() as db:
+            for table, column in (("users", "id"), ("alert_state", "user_id"), ("alert_log", "user_id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,))
+
+    def list_users(self) -> list[User]:
+        return [User.from_dict(json.loads(data)) for (data,) in self._query("SELECT data FROM users ORDER BY id")]
+
+    def user_feed(self) -> UserFeed:
+        return _RereadingFeed(self)
+
+    # alert state
+    def get_state(self, user_id: str) -> tuple[AlertState, int]:
+        rows = self._query("SELECT data, version FROM alert_state WHERE user_id = ?", (user_id,))
+        if not rows:
+            return AlertState(), 0
+        return AlertState.from_dict(json.loads(rows[0][0])), int(rows[0][1])
+
+    def commit(self, user_id: str, state: AlertState | None, version: int, entries: list[LogEntry]) -> bool:
+        """Write `state` (if given) and record `entries`, all or nothing.
+
+        Returns False, writing nothing, when the state changed since `version` was read.
+        Entries whose key is already recorded are skipped: an action is recorded once.
+        """
+        with self._transaction() as db:
+            if state is not None:
+                row = db.execute("SELECT version FROM alert_state WHERE user_id = ?", (user_id,)).fetchone()
+                if (int(row[0]) if row else 0) != version:
+                    return False
+                db.execute(
+                    "INSERT INTO alert_state (user_id, version, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, data = excluded.data",
+                    (user_id, version + 1, json.dumps(state.as_dict())),
+                )
+            for entry in entries:
+                entry = entry if entry.id else replace(entry, id=new_log_id())
+                db.execute(
+                    "INSERT OR IGNORE INTO alert_log (key, id, user_id, created_at, status, provider_id, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (entry.key, entry.id, entry.user_id, entry.created_at, entry.status, entry.provider_id,
+                     json.dumps(entry.as_dict())),
+                )
+        return True
+
+    # alert log
+    def _entries(self, sql: str, args: tuple[Any, ...]) -> list[LogEntry]:
+        return [LogEntry(**json.loads(data)) for (data,) in self._query(sql, args)]
+
+    def get_log(self, key: str) -> LogEntry | None:
+        found = self._entries("SELECT data FROM alert_log WHERE key = ?", (key,))
+        return found[0] if found else None
+
+    def update_log(self, key: str, **changes: Any) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM alert_log WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return
+            entry = replace(LogEntry(**json.loads(row[0])), **changes, updated_at=time.time())
+            db.execute(
+                "UPDATE alert_log SET status = ?, provider_id = ?, data = ? WHERE key = ?",
+                (entry.status, entry.provider_id, json.dumps(entry.as_dict()), key),
+            )
+
+    def claim_log(self, key: str, now: float, hold: float) -> LogEntry | None:
+        """Take an unsent entry for sending, so two processes never send it both.
+        Returns None if it is sent, refused for good, or being sent by someone else."""
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM alert_log WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            entry = LogEntry(**json.loads(row[0]))
+            if not entry.claimable or entry.claimed_until > now:
+                return None
+            entry = replace(entry, status="sending", claimed_until=now + hold, attempts=entry.attempts + 1,
+                            updated_at=now)
+            db.execute("UPDATE alert_log SET status = ?, data = ? WHERE key = ?",
+                       (entry.status, json.dumps(entry.as_dict()), key))
+        return entry
+
+    def find_log_by_provider_id(self, provider_id: str) -> LogEntry | None:
+        if not provider_id:
+            return None
+        found = self._entries("SELECT data FROM alert_log WHERE provider_id = ? LIMIT 1", (provider_id,))
+        return found[0] if found else None
+
+    def user_log(self, user_id: str, limit: int = 50) -> list[LogEntry]:
+        return self._entries(
+            "SELECT data FROM alert_log WHERE user_id = ? ORDER BY created_at DESC LIMIT ?", (user_id, limit)
+        )
+
+    def unsent_log(self) -> list[LogEntry]:
+        """Every entry not yet sent, of all users, oldest first: one query per cycle."""
+        return self._entries(
+            "SELECT data FROM alert_log WHERE status IN ('pending', 'failed', 'sending') ORDER BY created_at", ()
+        )
+
+    # lease and cycles
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row and row[0] != holder and row[1] > now:
+                return False
+            db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                (name, holder, now + ttl),
+            )
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def record_cycle(self, record: CycleRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO cycles (id, finished_at, summary) VALUES (1, ?, ?) ON CONFLICT (id) "
+                "DO UPDATE SET finished_at = excluded.finished_at, summary = excluded.summary",
+                (record.finished_at, json.dumps(record.summary)),
+            )
+
+    def last_cycle(self) -> CycleRecord | None:
+        rows = self._query("SELECT finished_at, summary FROM cycles WHERE id = 1")
+        return CycleRecord(rows[0][0], json.loads(rows[0][1])) if rows else None
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def open_store(config: Any) -> Store:
+    """The store the configuration selects. Clients are created here, in the calling process."""
+    if config.store == "firestore":
+        from scout.firestore_store import FirestoreStore
+
+        return FirestoreStore.from_config(config)
+    return SqliteStore(config.db_path)

@@ -1,0 +1,1 @@
+"""Scout: watches Nightscout sites and phones people when their glucose is out of range."""

@@ -1,0 +1,140 @@
+"""Scout's configuration, read once from the environment (and `.env`).
+
+Explicit settings win over anything detected. A missing setting that would make
+Scout unsafe stops the start with one line naming the variable.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+class ConfigError(Exception):
+    """Configuration that Scout refuses to start with. The message names the variable."""
+
+
+TELEPHONY_VARIABLES: dict[str, tuple[str, ...]] = {
+    "twilio": ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_NUMBER"),
+    "vonage": (
+        "NEXMO_API_KEY",
+        "NEXMO_API_SECRET",
+        "NEXMO_APPLICATION_ID",
+        "NEXMO_PRIVATE_KEY",
+        "NEXMO_NUMBER",
+        "NEXMO_SIGNATURE_SECRET",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    dev: bool = False
+    secret_key: str = ""
+    site_url: str = ""
+    google_client_id: str = ""
+    store: str = "sqlite"
+    db_path: str = "instance/scout.sqlite3"
+    firebase_private_key: str = ""
+    telephony: str = "console"
+    wait_after_call: int = 120
+    failed_ping_limit: int = 60
+    default_region: str = "US"
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def get(self, name: str, default: str = "") -> str:
+        """A raw variable, for provider modules that read their own credentials."""
+        return self.env.get(name, default)
+
+    @property
+    def dev_sign_in(self) -> bool:
+        return self.dev and not self.google_client_id
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def _choose_store(env: Mapping[str, str]) -> str:
+    store = env.get("SCOUT_STORE", "").strip().lower()
+    if store and store not in ("sqlite", "firestore"):
+        raise ConfigError(f"SCOUT_STORE must be 'sqlite' or 'firestore', got {store!r}.")
+    if store:
+        return store
+    return "firestore" if env.get("FIREBASE_PRIVATE_KEY") else "sqlite"
+
+
+def _choose_telephony(env: Mapping[str, str]) -> str:
+    chosen = env.get("SCOUT_TELEPHONY", "").strip().lower()
+    if chosen and chosen not in ("console", *TELEPHONY_VARIABLES):
+        raise ConfigError(
+            f"SCOUT_TELEPHONY must be 'console', 'twilio' or 'vonage', got {chosen!r}."
+        )
+    if chosen:
+        return chosen
+    for provider, names in TELEPHONY_VARIABLES.items():
+        if any(env.get(name) for name in names):
+            return provider
+    return "console"
+
+
+def _check_telephony(env: Mapping[str, str], telephony: str, dev: bool) -> None:
+    if telephony == "console":
+        if not dev:
+            raise ConfigError(
+                "No telephony provider is configured: set SCOUT_TELEPHONY to 'twilio' or "
+                "'vonage' with its credentials (console telephony only runs with SCOUT_DEV=1)."
+            )
+        return
+    for name in TELEPHONY_VARIABLES[telephony]:
+        if not env.get(name, "").strip():
+            raise ConfigError(f"{name} is not set but {telephony} telephony needs it; see .env.example.")
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from `env` (default: os.environ after loading `.env`)."""
+    if env is None:
+        from dotenv import load_dotenv
+
+        load_dotenv(override=False)
+        env = dict(os.environ)
+    dev = env.get("SCOUT_DEV", "").strip() in ("1", "true", "yes")
+    secret_key = env.get("SECRET_KEY", "")
+    if not secret_key:
+        if not dev:
+            raise ConfigError("SECRET_KEY is not set: set it to a long random string (see .env.example).")
+        secret_key = os.urandom(32).hex()
+    telephony = _choose_telephony(env)
+    _check_telephony(env, telephony, dev)
+    store = _choose_store(env)
+    site_url = env.get("SITE_URL", "").rstrip("/")
+    if not dev and not site_url:
+        raise ConfigError("SITE_URL is not set: set it to the public https address of this Scout.")
+    if not dev and not env.get("GOOGLE_CLIENT_ID"):
+        raise ConfigError("GOOGLE_CLIENT_ID is not set: users cannot sign in without it (see README, Google sign-in).")
+    failed_pings_name = (
+        "NIGHTSCOUT_FAILED_PING_SMS" if env.get("NIGHTSCOUT_FAILED_PING_SMS") else "NEXMO_FAILED_PING_SMS"
+    )
+    return Config(
+        dev=dev,
+        secret_key=secret_key,
+        site_url=site_url or "http://127.0.0.1:8080",
+        google_client_id=env.get("GOOGLE_CLIENT_ID", ""),
+        store=store,
+        db_path=env.get("SCOUT_DB", "") or "instance/scout.sqlite3",
+        firebase_private_key=env.get("FIREBASE_PRIVATE_KEY", ""),
+        telephony=telephony,
+        wait_after_call=_int(env, "WAIT_AFTER_CALL", 120, minimum=1),
+        failed_ping_limit=_int(env, failed_pings_name, 60, minimum=1),
+        default_region=(env.get("SCOUT_DEFAULT_REGION", "") or "US").upper(),
+        env=dict(env),
+    )

@@ -1,0 +1,239 @@
+"""The poller: every minute at second :30, poll every user, decide and act.
+
+One poller acts at a time across all instances, through a lease in the store. It
+runs in its own process (started once per deployment by gunicorn.conf.py, restarted
+by a small supervisor if it dies) or in the foreground with `flask poller`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import requests
+import schedule
+from requests.adapters import HTTPAdapter
+
+from models import CycleRecord, LogEntry, Store, StoreUnavailable, User, open_store
+from scout.alerts import Rules
+from scout.config import Config
+from scout.engine import Engine, UserResult
+from scout.messenger import Messenger, make_messenger
+
+log = logging.getLogger("scout.poller")
+
+LEASE_NAME = "poller"
+LEASE_TTL = 150.0  # two and a half cycles: a dead holder is replaced within two cycles
+DEFAULT_WORKERS = 200
+
+
+def rules_from(config: Config) -> Rules:
+    return Rules(wait_after_call=float(config.wait_after_call), failed_ping_limit=config.failed_ping_limit)
+
+
+def http_session(workers: int) -> requests.Session:
+    """One connection pool shared by the polling threads."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=workers, pool_maxsize=workers, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "Scout (Nightscout notifier)"
+    return session
+
+
+@dataclass
+class CycleSummary:
+    started_at: float
+    duration: float = 0.0
+    acted: bool = True  # False when another instance holds the lease
+    results: list[UserResult] = field(default_factory=list)
+    retried: int = 0
+    error: str = ""
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        failed = Counter(r.reason for r in self.results if not r.ok)
+        return {
+            "users": len(self.results),
+            "ok": sum(r.ok for r in self.results),
+            "failed": dict(sorted(failed.items())),
+            "calls": sum(r.calls for r in self.results),
+            "messages": sum(r.messages for r in self.results) + self.retried,
+            "failed_sends": sum(r.failed_sends for r in self.results),
+            "duration_s": round(self.duration, 3),
+        }
+
+    def log_line(self) -> str:
+        fields_: dict[str, Any] = {"event": "cycle", "acted": self.acted, **self.counts}
+        if self.error:
+            fields_["error"] = self.error
+        return json.dumps(fields_, sort_keys=True)
+
+
+class Poller:
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None = None,
+        messenger: Messenger | None = None,
+        clock: Callable[[], float] = time.time,
+        workers: int | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store or open_store(config)
+        self.workers = workers or int(config.get("SCOUT_POLL_WORKERS") or DEFAULT_WORKERS)
+        self.engine = Engine(
+            store=self.store,
+            messenger=messenger or make_messenger(config),
+            rules=rules_from(config),
+            allow_private=config.dev,
+            clock=clock,
+            session=http_session(self.workers),
+        )
+        self.clock = clock
+        self.holder = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._feed = None
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="poll")
+
+    def users(self) -> list[User]:
+        if self._feed is None:
+            self._feed = self.store.user_feed()
+        return [u for u in self._feed.users() if u.is_watchable]
+
+    def holds_lease(self) -> bool:
+        return self.store.acquire_lease(LEASE_NAME, self.holder, LEASE_TTL, self.clock())
+
+    def run_cycle(self, use_lease: bool = True) -> CycleSummary:
+        """One poll of every user. Never raises: a failure is logged and the next cycle
+        starts afresh."""
+        summary = CycleSummary(started_at=self.clock())
+        try:
+            if use_lease and not self.holds_lease():
+                summary.acted = False
+                log.info("another poller holds the lease; standing by")
+                return summary
+            summary.retried = self._retry_unsent()
+            users = self.users()
+            summary.results = list(self._pool.map(self._poll_one, users))
+            summary.duration = self.clock() - summary.started_at
+            self.store.record_cycle(CycleRecord(self.clock(), summary.counts))
+        except StoreUnavailable as exc:
+            summary.error = str(exc)
+            log.error("cycle failed: %s; the next cycle will try again", exc)
+        except Exception as exc:  # the poller must survive anything one cycle throws
+            summary.error = f"{type(exc).__name__}: {exc}"
+            log.exception("cycle failed unexpectedly; the next cycle will try again")
+        summary.duration = self.clock() - summary.started_at
+        log.info("%s", summary.log_line())
+        return summary
+
+    def _retry_unsent(self) -> int:
+        unsent: list[LogEntry] = self.store.unsent_log()
+        return self.engine.retry_unsent(unsent) if unsent else 0
+
+    def _poll_one(self, user: User) -> UserResult:
+        try:
+            result = self.engine.poll_user(user)
+        except Exception as exc:  # one broken user never stops the others
+            log.exception("poll failed user=%s", user.id)
+            result = UserResult(user.id, user.email, ok=False, reason="error", summary=f"error: {exc}")
+        log.info("poll user=%s ok=%s reason=%s calls=%d messages=%d elapsed=%.3f summary=%s",
+                 user.id, result.ok, result.reason or "-", result.calls, result.messages, result.elapsed,
+                 result.summary)
+        return result
+
+    def release(self) -> None:
+        try:
+            self.store.release_lease(LEASE_NAME, self.holder)
+        except StoreUnavailable:
+            pass
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._feed is not None:
+            self._feed.close()
+
+
+def run_forever(config: Config, stop: threading.Event | None = None) -> None:
+    """Run a cycle at second :30 of every minute until stopped (SIGTERM, SIGINT)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    poller = Poller(config)
+    parent = os.getppid()
+    scheduler = schedule.Scheduler()
+    # schedule runs jobs one at a time in this thread: a cycle that overruns the
+    # minute delays the next one instead of overlapping it
+    scheduler.every().minute.at(":30").do(poller.run_cycle)
+    log.info("poller started holder=%s; polling every minute at :30", poller.holder)
+    try:
+        while not stop.is_set():
+            scheduler.run_pending()
+            if os.getppid() != parent:
+                log.warning("the process that started the poller is gone; stopping")
+                break
+            idle = scheduler.idle_seconds
+            stop.wait(min(1.0, max(0.05, idle if idle is not None else 1.0)))
+    finally:
+        poller.release()
+        poller.close()
+        log.info("poller stopped")
+
+
+# --- one poller per deployment ----------------------------------------------------
+
+
+def _poller_main() -> None:
+    from scout.config import load_config
+    from scout.logs import configure_logging
+
+    configure_logging()
+    run_forever(load_config())
+
+
+def _supervise(restart_delay: float) -> None:
+    """Keep one poller process running; restart it if it dies."""
+    context = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    parent = os.getppid()
+    while not stopping.is_set() and os.getppid() == parent:
+        child = context.Process(target=_poller_main, name="scout-poller", daemon=True)
+        child.start()
+        log.info("poller process started pid=%s", child.pid)
+        while child.is_alive() and not stopping.is_set() and os.getppid() == parent:
+            child.join(0.5)
+        if child.is_alive():
+            child.terminate()
+            child.join(10)
+            break
+        log.error("poller process pid=%s died with exit code %s; restarting", child.pid, child.exitcode)
+        stopping.wait(restart_delay)
+
+
+def supervisor_main(restart_delay: float = 2.0) -> None:
+    from scout.logs import configure_logging
+
+    configure_logging()
+    _supervise(restart_delay)
+
+
+def start_supervised_poller() -> subprocess.Popen[bytes]:
+    """Start the poller supervisor from gunicorn's master, once per deployment.
+
+    It is a plain subprocess rather than a fork of the master, so the gunicorn
+    workers forked later inherit no handle on it."""
+    return subprocess.Popen([sys.executable, "-c", "from scout.poller import supervisor_main; supervisor_main()"])

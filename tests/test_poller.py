@@ -1,0 +1,117 @@
+"""The poll cycle end to end: a SQLite file, a real local Nightscout, console telephony."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from models import SqliteStore
+from scout.config import Config
+from scout.poller import Poller
+from tests.conftest import make_user
+from tests.test_nightscout import entries
+
+
+@pytest.fixture
+def low_site(httpserver: HTTPServer) -> HTTPServer:
+    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(54, 62, 70, direction="SingleDown"))
+    return httpserver
+
+
+def sent(store: SqliteStore, user_id: str = "sub-ana") -> list[tuple[str, str, str, str]]:
+    return sorted((e.kind, e.purpose, e.recipient, e.status) for e in store.user_log(user_id))
+
+
+def test_a_low_calls_once_and_the_unanswered_console_call_texts_every_contact(
+    config: Config, store: SqliteStore, low_site: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.save_user(make_user(low_site.url_for("/api/v1/entries.json")))
+    caplog.set_level(logging.INFO)
+    summary = Poller(config, store=store).run_cycle()
+    assert sent(store) == [
+        ("call", "alert", "+14155552671", "sent"),
+        ("sms", "contacts", "+14155552672", "sent"),
+        ("sms", "contacts", "+14155552674", "sent"),
+        ("whatsapp", "contacts", "+14155552673", "sent"),
+    ]
+    assert summary.counts["calls"] == 1 and summary.counts["messages"] == 3
+    call = next(e for e in store.user_log("sub-ana") if e.kind == "call")
+    assert call.provider == "console" and call.provider_id.startswith("console-call-")
+    assert call.outcome == "unanswered"
+    assert "Ana, your blood glucose is 54 milligrams per deciliter and falling" in caplog.text
+    assert store.last_cycle() is not None
+
+
+def test_a_second_cycle_within_120_s_calls_nobody_even_after_a_restart(
+    config: Config, store: SqliteStore, low_site: HTTPServer
+) -> None:
+    store.save_user(make_user(low_site.url_for("/")))
+    Poller(config, store=store).run_cycle()
+    before = sent(store)
+    # a new poller on the same file, as after a restart of the app
+    restarted = Poller(config, store=SqliteStore(config.db_path))
+    summary = restarted.run_cycle()
+    assert sent(store) == before
+    assert summary.counts["calls"] == 0 and summary.counts["messages"] == 0
+
+
+def test_the_next_call_comes_after_wait_after_call(config: Config, store: SqliteStore, low_site: HTTPServer) -> None:
+    store.save_user(make_user(low_site.url_for("/")))
+    clock = [time.time()]
+    poller = Poller(config, store=store, clock=lambda: clock[0])
+    poller.run_cycle()
+    clock[0] += 121
+    poller.run_cycle()
+    assert [e.kind for e in store.user_log("sub-ana")].count("call") == 2
+
+
+def test_one_hung_or_broken_site_delays_nobody_else(
+    config: Config, store: SqliteStore, threaded_httpserver: HTTPServer
+) -> None:
+    httpserver = threaded_httpserver
+
+    def hang(_request):  # type: ignore[no-untyped-def]
+        time.sleep(3)
+
+    httpserver.expect_request("/hung/api/v1/entries/sgv.json").respond_with_handler(hang)
+    httpserver.expect_request("/html/api/v1/entries/sgv.json").respond_with_data("<html>", content_type="text/html")
+    httpserver.expect_request("/low/api/v1/entries/sgv.json").respond_with_json(entries(54))
+    store.save_user(make_user(httpserver.url_for("/hung/"), id="hung", email="hung@example.com"))
+    store.save_user(make_user(httpserver.url_for("/html/"), id="html", email="html@example.com"))
+    store.save_user(make_user("not a url", id="bad", email="bad@example.com"))
+    store.save_user(make_user(httpserver.url_for("/low/"), id="low", email="low@example.com"))
+    poller = Poller(config, store=store)
+    poller.engine.nightscout_timeout = (1.0, 1.0)
+    started = time.monotonic()
+    summary = poller.run_cycle()
+    by_user = {r.user_id: r for r in summary.results}
+    assert [e.kind for e in store.user_log("low")].count("call") == 1
+    assert by_user["low"].elapsed < 1.0  # not held up by the hung site
+    assert by_user["hung"].reason == "timeout"
+    assert by_user["html"].reason == "not_json"
+    assert by_user["bad"].reason == "refused_url"
+    assert summary.counts["failed"] == {"not_json": 1, "refused_url": 1, "timeout": 1}
+    assert store.get_state("html")[0].failed_polls == 1
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_user_changed_on_the_page_is_polled_with_the_new_settings_next_cycle(
+    config: Config, store: SqliteStore, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/steady/api/v1/entries/sgv.json").respond_with_json(entries(110))
+    httpserver.expect_request("/low/api/v1/entries/sgv.json").respond_with_json(entries(54))
+    store.save_user(make_user(httpserver.url_for("/steady/")))
+    poller = Poller(config, store=store)
+    poller.run_cycle()
+    assert store.user_log("sub-ana") == []
+    store.save_user(make_user(httpserver.url_for("/low/")))
+    poller.run_cycle()
+    assert [e.kind for e in store.user_log("sub-ana")].count("call") == 1
+
+
+def test_users_without_a_nightscout_url_or_phone_are_not_polled(config: Config, store: SqliteStore) -> None:
+    store.save_user(make_user("", id="new", email="new@example.com"))
+    summary = Poller(config, store=store).run_cycle()
+    assert summary.results == []
