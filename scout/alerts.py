@@ -101,7 +101,7 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
     if isinstance(poll, PollFailure):
         _count_failure(user, poll, s, now, rules, decision)
     else:
-        _count_success(user, s, decision)
+        _count_success(user, s, now, decision)
         latest = _check_gap(user, poll, s, now, rules, decision)
     fresh = latest if latest is not None and now - latest.at <= rules.stale_after else None
     back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range"
@@ -151,11 +151,11 @@ def _count_failure(user: User, poll: PollFailure, s: AlertState, now: float, rul
         )
 
 
-def _count_success(user: User, s: AlertState, d: Decision) -> None:
+def _count_success(user: User, s: AlertState, now: float, d: Decision) -> None:
     if s.outage_notified and user.phone:
         d.actions.append(
             Action(
-                key=f"{user.id}:recovered:{s.failed_polls}:{s.last_failure}",
+                key=f"{user.id}:recovered:{now:.0f}",
                 kind="sms",
                 purpose="recovered",
                 recipient=user.phone,

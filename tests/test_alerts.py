@@ -189,12 +189,15 @@ def test_the_outage_count_is_configurable_and_resets_when_nightscout_answers() -
     assert back.state.failed_polls == 0 and not back.state.outage_notified
     # a new outage is a new text
     state = back.state
-    texts = 0
+    texts = []
     for i in range(3):
         d = decide(USER, PollFailure("timeout"), state, NOW + 300 + 60 * i, rules)
-        texts += len(d.actions)
+        texts += d.actions
         state = d.state
-    assert texts == 1
+    assert [a.purpose for a in texts] == ["outage"]
+    again = decide(USER, readings(110), state, NOW + 600, rules)
+    assert [a.purpose for a in again.actions] == ["recovered"]
+    assert again.actions[0].key != back.actions[0].key  # a new outage's notice is not taken for the old one
 
 
 @pytest.mark.parametrize("age_minutes, expect_text", [(29, False), (30, True)])
