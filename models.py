@@ -121,6 +121,7 @@ class AlertState:
 
     episode: Episode | None = None
     failed_polls: int = 0
+    failing_since: float | None = None  # when the current run of failed polls began
     outage_notified: bool = False
     last_failure: str = ""
     gap_notified_for: float | None = None  # reading time the no-data text was sent for

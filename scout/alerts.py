@@ -133,12 +133,14 @@ def _clamp_future_times(s: AlertState, now: float) -> None:
 def _count_failure(user: User, poll: PollFailure, s: AlertState, now: float, rules: Rules, d: Decision) -> None:
     s.failed_polls += 1
     s.last_failure = poll.reason
+    if s.failing_since is None:
+        s.failing_since = now
     d.summary = f"Nightscout {poll.describe()} ({s.failed_polls} failed in a row)"
     if s.failed_polls >= rules.failed_ping_limit and not s.outage_notified and user.phone:
         s.outage_notified = True
         d.actions.append(
             Action(
-                key=f"{user.id}:outage:{now - (s.failed_polls - 1) * 60:.0f}",
+                key=f"{user.id}:outage:{s.failing_since:.0f}",
                 kind="sms",
                 purpose="outage",
                 recipient=user.phone,
@@ -162,8 +164,8 @@ def _count_success(user: User, s: AlertState, now: float, d: Decision) -> None:
                 text="Scout: your Nightscout site is answering again. Scout is watching your glucose.",
             )
         )
-    if s.failed_polls or s.outage_notified or s.last_failure:
-        s.failed_polls, s.outage_notified, s.last_failure = 0, False, ""
+    if s.failed_polls or s.outage_notified or s.last_failure or s.failing_since is not None:
+        s.failed_polls, s.outage_notified, s.last_failure, s.failing_since = 0, False, "", None
 
 
 def _check_gap(user: User, poll: Readings, s: AlertState, now: float, rules: Rules, d: Decision) -> Reading | None:
