@@ -72,3 +72,19 @@ def test_gunicorn_with_3_workers_starts_one_poller(tmp_path: Path) -> None:
         log.close()
     time.sleep(0.5)
     assert not Path(f"/proc/{supervisors[0]}").exists() or "supervisor_main" not in cmdline(supervisors[0])
+
+
+def test_the_foreground_poller_stops_cleanly_on_sigterm_and_sigint(tmp_path: Path) -> None:
+    env = {**os.environ, "SCOUT_DEV": "1", "SECRET_KEY": "x", "SCOUT_DB": str(tmp_path / "s.sqlite3")}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        poller = subprocess.Popen([sys.executable, "-m", "flask", "--app", "notifier", "poller"], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert poller.stdout is not None
+        deadline = time.time() + 30
+        seen = ""
+        while time.time() < deadline and "polling every minute at :30" not in seen:
+            seen += poller.stdout.readline()
+        poller.send_signal(signum)
+        out, _ = poller.communicate(timeout=15)
+        assert poller.returncode == 0, seen + out
+        assert "poller stopped" in out
