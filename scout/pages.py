@@ -1,16 +1,41 @@
-"""The pages a person sees: sign-in, settings, sign-out."""
+"""The pages a person sees: sign-in, settings, the checks they can run, sign-out and
+deleting their data.
+
+Every view works on the signed-in user only: the user id comes from the signed session,
+never from the form, so nobody can read or change another person's record.
+"""
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import replace
+from typing import Any
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
-from models import User
-from scout.settings_form import from_mgdl, read_settings
+from models import MAX_EXTRA_CONTACTS, LogEntry, User
+from scout.config import Config
+from scout.readings import PollFailure, Readings, format_value
+from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, read_settings
 from scout.web import current_user_id, get_config, get_store
 
 bp = Blueprint("pages", __name__)
+log = logging.getLogger("scout.pages")
+
+RECENT_LOG_ENTRIES = 20
+TEST_CALL_INTERVAL = 120  # seconds between two test calls of one user
+TEST_CALL_TEXT = (
+    "This is a test call from Scout. Your glucose alerts will reach you on this phone. "
+    "Nothing is wrong; no action is needed."
+)
+FRESH_READING_MINUTES = 15  # older readings never trigger a call (see DESIGN.md)
+
+Page = str | tuple[str, int]
+
+
+# --- session ----------------------------------------------------------------------------
 
 
 def signed_in_user() -> User | None:
@@ -19,36 +44,47 @@ def signed_in_user() -> User | None:
 
 
 def sign_in(user: User) -> None:
-    """Start a fresh session for `user`, keyed only by their verified id."""
+    """Start a fresh session for `user`, keyed only by their verified id (a new session
+    also means a new CSRF token, so a token seen before sign-in is useless after)."""
     session.clear()
     session["user_id"] = user.id
     session.permanent = True
 
 
-def form_values(user: User) -> dict[str, object]:
-    """The settings as the form shows them; credentials are never shown back."""
+def to_sign_in() -> Response:
+    flash("Your session ended. Please sign in again.", "info")
+    return redirect(url_for("pages.index"))
+
+
+# --- what the settings page shows -------------------------------------------------------
+
+
+def form_values(user: User) -> dict[str, Any]:
+    """The settings as the form shows them; credentials are never shown back in full."""
     contact = user.emergency_contact
     return {
         "nightscout_url": user.nightscout_url,
-        "has_token": bool(user.nightscout_token),
-        "has_api_secret": bool(user.nightscout_api_secret),
+        "token_hint": credential_hint(user.nightscout_token),
+        "api_secret_hint": credential_hint(user.nightscout_api_secret),
         "phone": user.phone,
         "emergency_contact": contact.phone if contact else "",
         "emergency_channel": contact.channel if contact else "sms",
         "extra_contacts": [c.as_dict() for c in user.extra_contacts],
         "units": user.units,
-        "low": from_mgdl(user.low_mgdl, user.units),
-        "high": from_mgdl(user.high_mgdl, user.units),
+        "low": f"{from_mgdl(user.low_mgdl, user.units):g}",
+        "high": f"{from_mgdl(user.high_mgdl, user.units):g}",
     }
 
 
-def submitted_values(user: User) -> dict[str, object]:
-    """The user's own input, kept when the form is shown again with errors."""
+def submitted_values(user: User) -> dict[str, Any]:
+    """The user's own input, kept when the form is shown again with errors. Typed
+    credentials are not echoed back into the page; the saved ones' hints stay."""
     form = request.form
     phones, channels = form.getlist("extra_contacts"), form.getlist("extra_channels")
     return {
         **form_values(user),
-        **{k: form.get(k, "") for k in ("nightscout_url", "phone", "emergency_contact", "units", "low", "high")},
+        **{k: form.get(k, "") for k in ("nightscout_url", "phone", "emergency_contact", "low", "high")},
+        "units": form.get("units", "") if form.get("units") in UNITS else user.units,
         "emergency_channel": form.get("emergency_channel", "sms"),
         "extra_contacts": [
             {"phone": p, "channel": channels[i] if i < len(channels) else "sms"} for i, p in enumerate(phones)
@@ -56,32 +92,167 @@ def submitted_values(user: User) -> dict[str, object]:
     }
 
 
-@bp.get("/")
-def index() -> str:
-    user = signed_in_user()
-    config = get_config()
-    if user is None:
-        return render_template("signin.html", config=config)
-    return render_template(
-        "settings.html", user=user, values=form_values(user), errors={}, log=get_store().user_log(user.id, 20)
+def page_data() -> dict[str, Any]:
+    """What the page's own script needs, handed over as JSON (rendered with `tojson`)."""
+    return {
+        "maxContacts": MAX_EXTRA_CONTACTS,
+        "defaults": {units: dict(zip(("low", "high"), default_thresholds(units))) for units in UNITS},
+        "mgdlPerMmol": 18.0,
+    }
+
+
+def render_settings(user: User, values: dict[str, Any], errors: dict[str, str], status: int = 200) -> Page:
+    page = render_template(
+        "settings.html", user=user, values=values, errors=errors, page_data=page_data(),
+        log=get_store().user_log(user.id, RECENT_LOG_ENTRIES), max_contacts=MAX_EXTRA_CONTACTS,
     )
+    return (page, status) if status != 200 else page
+
+
+# --- views ------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def index() -> Page:
+    user = signed_in_user()
+    if user is None:
+        return render_signin()
+    return render_settings(user, form_values(user), {})
+
+
+def render_signin(error: str = "", status: int = 200) -> Page:
+    config = get_config()
+    page = render_template("signin.html", config=config, error=error, login_uri=google_login_uri(config))
+    return (page, status) if status != 200 else page
+
+
+def google_login_uri(config: Config) -> str:
+    """Where Google's button posts the credential: the public SITE_URL outside dev mode
+    (behind a proxy the request's own host may not be the public one)."""
+    if config.dev:
+        return url_for("pages.login", _external=True)
+    return f"{config.site_url}{url_for('pages.login')}"
 
 
 @bp.post("/")
-def save_settings() -> Response | tuple[str, int]:
+def save_settings() -> Response | Page:
     user = signed_in_user()
     if user is None:
-        return redirect(url_for("pages.index"))
+        return to_sign_in()
     config = get_config()
     result = read_settings(request.form, user, config.default_region, allow_private=config.dev)
     if result.user is None:
-        page = render_template(
-            "settings.html", user=user, values=submitted_values(user), errors=result.errors,
-            log=get_store().user_log(user.id, 20),
-        )
-        return page, 400
+        return render_settings(user, submitted_values(user), result.errors, status=400)
     get_store().save_user(result.user)
-    return redirect(url_for("pages.index", saved=1))
+    log.info("settings saved user=%s contacts=%d", user.id, len(result.user.contacts))
+    flash("Saved. Scout uses these settings from the next check, within a minute.", "ok")
+    return redirect(url_for("pages.index"))
+
+
+@bp.post("/check-nightscout")
+def check_nightscout() -> Response:
+    """Read the saved Nightscout site now and say what Scout sees, or exactly why not."""
+    from scout.nightscout import fetch_readings
+
+    user = signed_in_user()
+    if user is None:
+        return to_sign_in()
+    if not user.nightscout_url:
+        flash("Save your Nightscout address first, then check it.", "error")
+        return redirect(url_for("pages.index", _anchor="check"))
+    poll = fetch_readings(user, allow_private=get_config().dev, timeout=(5.0, 8.0))
+    flash(*describe_poll(poll, user.units, time.time()))
+    return redirect(url_for("pages.index", _anchor="check"))
+
+
+def describe_poll(poll: PollFailure | Readings, units: str, now: float) -> tuple[str, str]:
+    """One sentence about a poll, and its flash category ("ok" or "error")."""
+    if isinstance(poll, PollFailure):
+        return f"Scout could not read your Nightscout: it {poll.describe()}.", "error"
+    latest = poll.latest
+    if latest is None:
+        return ("Nightscout answered, but its newest readings are CGM error codes (39 mg/dL or below): "
+                "the sensor may be warming up or have lost signal."), "error"
+    minutes = max(0, int((now - latest.at) // 60))
+    age = "less than a minute ago" if minutes == 0 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
+    text = f"Nightscout works: {format_value(latest.mgdl, units)} {units} {latest.arrow}".rstrip() + f", {age}."
+    if minutes > FRESH_READING_MINUTES:
+        return (text + f" That reading is older than {FRESH_READING_MINUTES} minutes, so Scout would not call "
+                "for it: check that your uploader is sending readings."), "error"
+    return text, "ok"
+
+
+@bp.post("/test-alert")
+def test_alert() -> Response:
+    """Place one test call to the user's phone through the configured telephony,
+    at most one per TEST_CALL_INTERVAL, counted from the alert log (not from memory,
+    so it holds across workers and restarts)."""
+    user = signed_in_user()
+    if user is None:
+        return to_sign_in()
+    if not user.phone:
+        flash("Save your phone number first, then send a test call.", "error")
+        return redirect(url_for("pages.index", _anchor="test"))
+    now = time.time()
+    wait = seconds_until_next_test(user, now)
+    if wait > 0:
+        flash(f"A test call was placed less than {TEST_CALL_INTERVAL // 60} minutes ago. "
+              f"Try again in {wait} seconds.", "error")
+        return redirect(url_for("pages.index", _anchor="test"))
+    flash(*place_test_call(user, now))
+    return redirect(url_for("pages.index", _anchor="test"))
+
+
+def seconds_until_next_test(user: User, now: float) -> int:
+    tests = [e for e in get_store().user_log(user.id, RECENT_LOG_ENTRIES) if e.purpose == "test"]
+    if not tests:
+        return 0
+    return max(0, int(tests[0].created_at + TEST_CALL_INTERVAL - now + 0.999))
+
+
+def place_test_call(user: User, now: float) -> tuple[str, str]:
+    """Record the test call in the alert log, then send it the way the engine sends
+    alerts. The key holds the 2-minute window, so two requests racing past the log
+    check still record (and send) one call."""
+    from scout.engine import Engine
+    from scout.messenger import make_messenger
+
+    store = get_store()
+    key = f"test:{user.id}:{int(now // TEST_CALL_INTERVAL)}"
+    entry = LogEntry(key=key, user_id=user.id, kind="call", purpose="test", recipient=user.phone,
+                     body=TEST_CALL_TEXT, created_at=now)
+    store.commit(user.id, None, 0, [entry])
+    try:
+        Engine(store=store, messenger=make_messenger(get_config())).send(entry)
+    except Exception as exc:  # a misconfigured provider must show on the page, not as a 500
+        log.exception("test call failed user=%s", user.id)
+        store.update_log(key, status="permanent", error=f"{type(exc).__name__}: {exc}", claimed_until=0.0)
+    sent = store.get_log(key)
+    if sent is None or sent.status not in ("sent",):
+        reason = sent.error if sent and sent.error else "it was not sent"
+        return f"The test call to {user.phone} failed: {reason}. Check the number, or ask the operator.", "error"
+    return f"Test call placed to {user.phone}. It says: \u201c{TEST_CALL_TEXT}\u201d", "ok"
+
+
+@bp.get("/delete-account")
+def confirm_delete() -> Response | str:
+    user = signed_in_user()
+    if user is None:
+        return to_sign_in()
+    return render_template("delete.html", user=user)
+
+
+@bp.post("/delete-account")
+def delete_account() -> Response:
+    """Remove the user, their alert state and their alert log, then end the session."""
+    user = signed_in_user()
+    if user is None:
+        return to_sign_in()
+    get_store().delete_user(user.id)
+    log.info("user deleted their data user=%s", user.id)
+    session.clear()
+    flash("Your settings, alert state and alert log were deleted. Scout no longer watches your Nightscout.", "ok")
+    return redirect(url_for("pages.index"))
 
 
 @bp.route("/logout", methods=["GET", "POST"])
@@ -90,66 +261,93 @@ def logout() -> Response:
     return redirect(url_for("pages.index"))
 
 
-def find_or_create_user(subject: str, email: str, name: str) -> User:
-    """The stored user for a verified identity; a tutorial-era record with the same
-    email and no subject id is adopted."""
+@bp.app_errorhandler(CSRFError)
+def csrf_refused(error: CSRFError) -> tuple[str, int]:
+    """A form without a valid CSRF token changes nothing; say what to do instead of a bare 400."""
+    log.warning("CSRF refused path=%s reason=%s", request.path, error.description)
+    return render_template("refused.html", reason=error.description), 400
+
+
+# --- Google sign-in -----------------------------------------------------------------------
+
+
+def find_or_create_user(subject: str, email: str, name: str, email_verified: bool = True) -> User:
+    """The stored user for a verified identity. A tutorial-era record (its id is the
+    email, it has no subject id) with the same, Google-verified email is adopted: its
+    settings move to the subject id and the old record is removed, so nobody is watched
+    twice."""
     store = get_store()
     user = store.get_user(subject)
+    legacy = None
     if user is None:
-        legacy = store.find_user_by_email(email)
-        user = replace(legacy, id=subject) if legacy and legacy.id == email else User(subject, email, name)
+        found = store.find_user_by_email(email) if email and email_verified else None
+        legacy = found if found is not None and found.id == email else None
+        user = replace(legacy, id=subject) if legacy else User(subject, email, name)
     user = replace(user, email=email, name=name or user.name)
     store.save_user(user)
+    if legacy is not None:
+        store.delete_user(legacy.id)  # only after the adopted copy is saved
+        log.info("adopted the tutorial-era record of %s as user=%s", email, subject)
     return user
 
 
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
+MAX_CREDENTIAL_LENGTH = 8192  # a Google ID token is about 1 kB
 
 
 @bp.post("/login")
-def login() -> Response | tuple[str, int]:
-    """Google Identity Services posts the ID token here as `credential`. Identity is
-    taken only from the verified token; any other posted field is ignored."""
+def login() -> Response | Page:
+    """Google Identity Services posts the ID token here as `credential`, with the
+    `g_csrf_token` double-submit value in a cookie and a field. Identity is taken only
+    from the verified token; any other posted field (an `email`, say) is ignored."""
     config = get_config()
     if not config.google_client_id:
-        return "Google sign-in is not configured on this Scout (GOOGLE_CLIENT_ID is unset).", 400
+        return render_signin("Google sign-in is not configured on this Scout (GOOGLE_CLIENT_ID is unset).", 400)
     cookie_token = request.cookies.get("g_csrf_token", "")
     if not cookie_token or cookie_token != request.form.get("g_csrf_token", ""):
-        return "Sign-in refused: the g_csrf_token cookie and form field do not match. Please try again.", 400
-    claims = verify_google_token(request.form.get("credential", ""), config)
+        log.warning("Google sign-in refused: g_csrf_token cookie and field missing or different")
+        return render_signin("Sign-in refused: the request did not come from Google's sign-in button. "
+                             "Please use the button again.", 400)
+    credential = request.form.get("credential", "")
+    claims = verify_google_token(credential, config) if 0 < len(credential) <= MAX_CREDENTIAL_LENGTH else None
     if claims is None:
-        return "Sign-in refused: Google's sign-in token could not be verified. Please try again.", 400
-    user = find_or_create_user(str(claims["sub"]), str(claims.get("email", "")), str(claims.get("name", "")))
+        return render_signin("Sign-in refused: Google's sign-in token could not be verified. Please try again.", 400)
+    user = find_or_create_user(str(claims["sub"]), str(claims.get("email", "")), str(claims.get("name", "")),
+                               email_verified=claims.get("email_verified") is True)
     sign_in(user)
     return redirect(url_for("pages.index"))
 
 
-def verify_google_token(credential: str, config: object) -> dict[str, object] | None:
-    import logging
-
+def verify_google_token(credential: str, config: Config) -> dict[str, Any] | None:
+    """The claims of a Google ID token whose signature (Google's published keys), audience
+    (our GOOGLE_CLIENT_ID), issuer and expiry all check out; None otherwise.
+    SCOUT_GOOGLE_CERTS_URL points at other keys, for tests only."""
     import google.auth.exceptions
     import google.auth.transport.requests
     import requests
     from google.oauth2 import id_token
 
-    certs_url = getattr(config, "get")("SCOUT_GOOGLE_CERTS_URL") or id_token._GOOGLE_OAUTH2_CERTS_URL
+    certs_url = config.get("SCOUT_GOOGLE_CERTS_URL") or id_token._GOOGLE_OAUTH2_CERTS_URL
     http = requests.Session()
     http.request = _with_timeout(http.request)  # type: ignore[method-assign]
     try:
         claims = id_token.verify_token(
             credential, google.auth.transport.requests.Request(session=http),
-            audience=getattr(config, "google_client_id"), certs_url=certs_url, clock_skew_in_seconds=10,
+            audience=config.google_client_id, certs_url=certs_url, clock_skew_in_seconds=10,
         )
-    except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
-        logging.getLogger("scout.signin").warning("Google ID token refused: %s", exc)
+    except (ValueError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
+        log.warning("Google ID token refused: %s", exc)
         return None
+    finally:
+        http.close()
     if claims.get("iss") not in GOOGLE_ISSUERS or not claims.get("sub"):
-        logging.getLogger("scout.signin").warning("Google ID token refused: issuer %r", claims.get("iss"))
+        log.warning("Google ID token refused: issuer %r, subject %r", claims.get("iss"), claims.get("sub"))
         return None
     return dict(claims)
 
 
 def _with_timeout(request_method):  # type: ignore[no-untyped-def]
+    """requests has no session-wide timeout; google-auth sets none when fetching the keys."""
     def bounded(method, url, **kwargs):  # type: ignore[no-untyped-def]
         kwargs.setdefault("timeout", 10)
         return request_method(method, url, **kwargs)

@@ -1,23 +1,31 @@
 """Validation of the settings form: everything the user types is checked here, on the server.
 
 `read_settings` returns the updated user, or the errors by field with nothing saved.
+Error keys are the form's field names; an extra contact's key carries the position of its
+row on the page (`extra_contacts-2` is the third row), so the message lands next to it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import phonenumbers
 from werkzeug.datastructures import MultiDict
 
-from models import CHANNELS, MAX_EXTRA_CONTACTS, Contact, User
+from models import CHANNELS, DEFAULT_HIGH_MGDL, DEFAULT_LOW_MGDL, MAX_EXTRA_CONTACTS, Contact, User
 from scout.nightscout import BadNightscoutURL, check_public_host, parse_site
 from scout.readings import MMOL_PER_MGDL
 
 UNITS = ("mg/dL", "mmol/L")
-# Thresholds a person can reasonably choose, in mg/dL
+# Thresholds a person can reasonably choose, in mg/dL: below 40 a CGM reports error codes,
+# and a "high" above 400 is beyond what most sensors read.
 LOW_BOUNDS = (40.0, 120.0)
 HIGH_BOUNDS = (120.0, 400.0)
+MAX_URL_LENGTH = 500
+MAX_CREDENTIAL_LENGTH = 200
+MIN_API_SECRET_LENGTH = 12  # Nightscout itself refuses an API_SECRET shorter than this
+MAX_PHONE_LENGTH = 40
 
 
 @dataclass
@@ -31,6 +39,8 @@ def normalize_phone(raw: str, region: str) -> str:
     text = (raw or "").strip()
     if not text:
         raise ValueError("Enter a phone number.")
+    if len(text) > MAX_PHONE_LENGTH:
+        raise ValueError("That is too long for a phone number. Enter it with its country code, e.g. +1 555 123 4567.")
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -48,22 +58,48 @@ def from_mgdl(value: float, units: str) -> float:
     return round(value * MMOL_PER_MGDL, 1) if units == "mmol/L" else round(value)
 
 
+def default_thresholds(units: str) -> tuple[float, float]:
+    """The tutorial's 70/240 mg/dL, in `units` (3.9/13.3 mmol/L)."""
+    return from_mgdl(DEFAULT_LOW_MGDL, units), from_mgdl(DEFAULT_HIGH_MGDL, units)
+
+
+def credential_hint(secret: str) -> str:
+    """How a saved token or secret is shown back: never in full. Only long ones show their
+    last two characters, enough to recognise which one is saved."""
+    if not secret:
+        return ""
+    return f"saved, ends in …{secret[-2:]}" if len(secret) >= 8 else "saved"
+
+
 def _channel(value: str) -> str:
     return value if value in CHANNELS else "sms"
 
 
-def read_contacts(phones: Sequence[str], channels: Sequence[str], region: str, errors: dict[str, str]) -> list[Contact]:
-    rows = [(p.strip(), channels[i] if i < len(channels) else "sms") for i, p in enumerate(phones)]
-    rows = [(p, c) for p, c in rows if p]
+def read_contacts(
+    phones: Sequence[str], channels: Sequence[str], region: str, errors: dict[str, str], taken: set[str]
+) -> list[Contact]:
+    """The extra contacts in page order. Empty rows are skipped; an error is keyed by the
+    row's position on the page. `taken` holds numbers already used elsewhere in the form."""
+    rows = [(index, phone.strip(), channels[index] if index < len(channels) else "sms")
+            for index, phone in enumerate(phones)]
+    rows = [row for row in rows if row[1]]
     if len(rows) > MAX_EXTRA_CONTACTS:
-        errors["extra_contacts"] = f"Scout texts at most {MAX_EXTRA_CONTACTS} extra contacts; remove {len(rows) - MAX_EXTRA_CONTACTS}."
+        errors["extra_contacts"] = (
+            f"Scout texts at most {MAX_EXTRA_CONTACTS} extra contacts; remove {len(rows) - MAX_EXTRA_CONTACTS}."
+        )
         return []
     contacts = []
-    for index, (phone, channel) in enumerate(rows):
+    for index, phone, channel in rows:
         try:
-            contacts.append(Contact(normalize_phone(phone, region), _channel(channel)))
+            number = normalize_phone(phone, region)
         except ValueError as exc:
             errors[f"extra_contacts-{index}"] = str(exc)
+            continue
+        if number in taken:
+            errors[f"extra_contacts-{index}"] = f"{number} is already listed above; each number is texted once."
+            continue
+        taken.add(number)
+        contacts.append(Contact(number, _channel(channel)))
     return contacts
 
 
@@ -76,8 +112,8 @@ def read_thresholds(form: Mapping[str, str], units: str, errors: dict[str, str])
         except ValueError:
             errors[name] = f"Enter the {name} threshold as a number in {units}."
             continue
-        mgdl = to_mgdl(value, units)
-        if not bounds[0] <= mgdl <= bounds[1]:
+        mgdl = to_mgdl(value, units) if math.isfinite(value) else math.nan
+        if not bounds[0] <= mgdl <= bounds[1]:  # NaN fails this too
             lo, hi = from_mgdl(bounds[0], units), from_mgdl(bounds[1], units)
             errors[name] = f"The {name} threshold must be between {lo:g} and {hi:g} {units}."
             continue
@@ -89,6 +125,9 @@ def read_thresholds(form: Mapping[str, str], units: str, errors: dict[str, str])
 
 def read_nightscout(form: Mapping[str, str], allow_private: bool, errors: dict[str, str]) -> str:
     url = (form.get("nightscout_url") or "").strip()
+    if len(url) > MAX_URL_LENGTH:
+        errors["nightscout_url"] = f"That address is longer than {MAX_URL_LENGTH} characters; enter your site's address."
+        return url
     try:
         site = parse_site(url)
         if not allow_private:
@@ -96,6 +135,38 @@ def read_nightscout(form: Mapping[str, str], allow_private: bool, errors: dict[s
     except BadNightscoutURL as exc:
         errors["nightscout_url"] = str(exc)
     return url
+
+
+def read_credential(form: Mapping[str, str], name: str, saved: str, errors: dict[str, str]) -> str:
+    """A Nightscout access token or API secret: a new one replaces the saved one, an empty
+    field keeps it, and the `clear_<name>` box removes it."""
+    if form.get(f"clear_{name}"):
+        return ""
+    value = (form.get(name) or "").strip()
+    if not value:
+        return saved
+    if len(value) > MAX_CREDENTIAL_LENGTH or any(ch.isspace() for ch in value):
+        errors[name] = "That does not look like a Nightscout credential: no spaces, at most 200 characters."
+    elif name == "nightscout_api_secret" and len(value) < MIN_API_SECRET_LENGTH:
+        errors[name] = f"A Nightscout API secret has at least {MIN_API_SECRET_LENGTH} characters; check it."
+    return value
+
+
+def read_phones(form: Mapping[str, str], region: str, errors: dict[str, str]) -> tuple[str, str]:
+    """The user's own phone and the emergency contact, in E.164; they must differ, because
+    the emergency contact is texted exactly when the user does not answer."""
+    numbers = {}
+    for name in ("phone", "emergency_contact"):
+        try:
+            numbers[name] = normalize_phone(form.get(name, ""), region)
+        except ValueError as exc:
+            errors[name] = str(exc)
+    phone, emergency = numbers.get("phone", ""), numbers.get("emergency_contact", "")
+    if phone and phone == emergency:
+        errors["emergency_contact"] = (
+            "Enter someone else's number: Scout texts the emergency contact when you do not answer."
+        )
+    return phone, emergency
 
 
 def read_settings(form: MultiDict[str, str], user: User, region: str, allow_private: bool) -> SettingsResult:
@@ -106,26 +177,20 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
         errors["units"] = "Choose mg/dL or mmol/L."
         units = "mg/dL"
     url = read_nightscout(form, allow_private, errors)
-    phone = emergency = ""
-    for name in ("phone", "emergency_contact"):
-        try:
-            value = normalize_phone(form.get(name, ""), region)
-        except ValueError as exc:
-            errors[name] = str(exc)
-            continue
-        phone, emergency = (value, emergency) if name == "phone" else (phone, value)
-    extra = read_contacts(form.getlist("extra_contacts"), form.getlist("extra_channels"), region, errors)
+    token = read_credential(form, "nightscout_token", user.nightscout_token, errors)
+    secret = read_credential(form, "nightscout_api_secret", user.nightscout_api_secret, errors)
+    phone, emergency = read_phones(form, region, errors)
+    taken = {number for number in (phone, emergency) if number}
+    extra = read_contacts(form.getlist("extra_contacts"), form.getlist("extra_channels"), region, errors, taken)
     low, high = read_thresholds(form, units, errors)
     if errors:
         return SettingsResult(None, errors)
-    token = (form.get("nightscout_token") or "").strip()
-    secret = (form.get("nightscout_api_secret") or "").strip()
     return SettingsResult(
         replace(
             user,
             nightscout_url=url,
-            nightscout_token=token or user.nightscout_token,
-            nightscout_api_secret=secret or user.nightscout_api_secret,
+            nightscout_token=token,
+            nightscout_api_secret=secret,
             phone=phone,
             emergency_contact=Contact(emergency, _channel(form.get("emergency_channel", "sms"))),
             extra_contacts=tuple(extra),

@@ -1,0 +1,85 @@
+// Scout's settings page: add and delete extra-contact rows, keep the thresholds in the
+// chosen units, and show alert times in the reader's own time zone.
+// Data comes from the server only through the JSON block #page-data (rendered with tojson).
+"use strict";
+
+(function () {
+  var data = JSON.parse(document.getElementById("page-data").textContent);
+  var rows = document.getElementById("contact-rows");
+  var template = document.getElementById("contact-row-template");
+  var addButton = document.getElementById("add-contact");
+  var message = document.getElementById("extra_contacts-error");
+
+  function contactRows() {
+    return rows.querySelectorAll("[data-contact-row]");
+  }
+
+  function showMessage(text) {
+    message.textContent = text;
+    message.classList.toggle("hide", !text);
+  }
+
+  // Ids, labels and button names follow the row's position, so every field keeps a label.
+  function renumber() {
+    contactRows().forEach(function (row, index) {
+      var n = index + 1;
+      var phone = row.querySelector("input[name=extra_contacts]");
+      var channel = row.querySelector("select[name=extra_channels]");
+      phone.id = "extra-phone-" + n;
+      channel.id = "extra-channel-" + n;
+      row.querySelector("[data-label=phone]").htmlFor = phone.id;
+      row.querySelector("[data-label=phone]").textContent = "Contact " + n + " phone";
+      row.querySelector("[data-label=channel]").htmlFor = channel.id;
+      row.querySelector("[data-remove-contact]").setAttribute("aria-label", "Delete contact " + n);
+    });
+  }
+
+  function addContact() {
+    if (contactRows().length >= data.maxContacts) {
+      showMessage("Scout texts at most " + data.maxContacts + " extra contacts. Delete one to add another.");
+      return;
+    }
+    showMessage("");
+    rows.appendChild(template.content.cloneNode(true));
+    renumber();
+    var added = contactRows();
+    added[added.length - 1].querySelector("input").focus();
+  }
+
+  addButton.addEventListener("click", addContact);
+
+  // Deleting removes exactly the row whose button was pressed.
+  rows.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-remove-contact]");
+    if (!button) return;
+    button.closest("[data-contact-row]").remove();
+    showMessage("");
+    renumber();
+  });
+
+  // Thresholds are typed in the chosen units: switching units converts what is there.
+  var units = document.getElementById("units");
+  var previousUnits = units.value;
+  function convert(value, from, to) {
+    var number = parseFloat(String(value).replace(",", "."));
+    if (!isFinite(number) || from === to) return value;
+    if (to === "mmol/L") return (Math.round((number / data.mgdlPerMmol) * 10) / 10).toFixed(1);
+    return String(Math.round(number * data.mgdlPerMmol));
+  }
+  units.addEventListener("change", function () {
+    ["low", "high"].forEach(function (name) {
+      var input = document.getElementById(name);
+      var wasDefault = parseFloat(input.value) === data.defaults[previousUnits][name];
+      input.value = wasDefault ? String(data.defaults[units.value][name]) : convert(input.value, previousUnits, units.value);
+    });
+    document.querySelectorAll(".unit-name").forEach(function (span) { span.textContent = units.value; });
+    previousUnits = units.value;
+  });
+
+  // Alert-log times arrive in UTC; show them in local time as well.
+  document.querySelectorAll("time[data-epoch]").forEach(function (node) {
+    var when = new Date(Number(node.getAttribute("data-epoch")) * 1000);
+    node.textContent = when.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+    node.title = node.getAttribute("datetime");
+  });
+})();
