@@ -149,6 +149,11 @@ def save_settings() -> Response | Page:
     return redirect(url_for("pages.index"))
 
 
+def show_result(text: str, outcome: str) -> None:
+    """A check's result, shown in the "Test your set-up" card where its button is."""
+    flash(text, f"check-{outcome}")
+
+
 @bp.post("/check-nightscout")
 def check_nightscout() -> Response:
     """Read the saved Nightscout site now and say what Scout sees, or exactly why not."""
@@ -158,10 +163,10 @@ def check_nightscout() -> Response:
     if user is None:
         return to_sign_in()
     if not user.nightscout_url:
-        flash("Save your Nightscout address first, then check it.", "error")
+        show_result("Save your Nightscout address first, then check it.", "error")
         return redirect(url_for("pages.index", _anchor="check"))
     poll = fetch_readings(user, allow_private=get_config().dev, timeout=(5.0, 8.0))
-    flash(*describe_poll(poll, user.units, time.time()))
+    show_result(*describe_poll(poll, user.units, time.time()))
     return redirect(url_for("pages.index", _anchor="check"))
 
 
@@ -191,15 +196,15 @@ def test_alert() -> Response:
     if user is None:
         return to_sign_in()
     if not user.phone:
-        flash("Save your phone number first, then send a test call.", "error")
+        show_result("Save your phone number first, then send a test call.", "error")
         return redirect(url_for("pages.index", _anchor="test"))
     now = time.time()
     wait = seconds_until_next_test(user, now)
     if wait > 0:
-        flash(f"A test call was placed less than {TEST_CALL_INTERVAL // 60} minutes ago. "
+        show_result(f"A test call was placed less than {TEST_CALL_INTERVAL // 60} minutes ago. "
               f"Try again in {wait} seconds.", "error")
         return redirect(url_for("pages.index", _anchor="test"))
-    flash(*place_test_call(user, now))
+    show_result(*place_test_call(user, now))
     return redirect(url_for("pages.index", _anchor="test"))
 
 
