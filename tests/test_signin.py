@@ -53,8 +53,9 @@ def google_key() -> rsa.RSAPrivateKey:
     return make_key()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def certs_server(google_key: rsa.RSAPrivateKey) -> Iterator[HTTPServer]:
+    """Google's certificate endpoint, as https://www.googleapis.com/oauth2/v1/certs serves it."""
     server = HTTPServer(host="127.0.0.1", port=0)
     server.start()
     server.expect_request("/oauth2/v1/certs").respond_with_data(
