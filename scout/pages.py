@@ -180,7 +180,8 @@ def describe_poll(poll: PollFailure | Readings, units: str, now: float) -> tuple
                 "the sensor may be warming up or have lost signal."), "error"
     minutes = max(0, int((now - latest.at) // 60))
     age = "less than a minute ago" if minutes == 0 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
-    text = f"Nightscout works: {format_value(latest.mgdl, units)} {units} {latest.arrow}".rstrip() + f", {age}."
+    trend = f"{latest.arrow} {latest.trend_words}".strip()
+    text = f"Nightscout works: {format_value(latest.mgdl, units)} {units} {trend}".rstrip() + f", {age}."
     if minutes > FRESH_READING_MINUTES:
         return (text + f" That reading is older than {FRESH_READING_MINUTES} minutes, so Scout would not call "
                 "for it: check that your uploader is sending readings."), "error"

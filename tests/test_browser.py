@@ -122,6 +122,10 @@ def test_a_person_fills_everything_manages_five_contacts_and_the_saved_page_show
     page.get_by_role("button", name="Check my Nightscout").click()
     assert "Nightscout works: 6.1 mmol/L →" in page.locator("#check-result").inner_text()
 
+    page.get_by_role("button", name="Send me a test call").click()
+    assert "Test call placed to +14155552671" in page.locator("#check-result").inner_text()
+    assert "Test call" in page.locator("#recent-alerts").inner_text()
+
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "settings-360px.png"), full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= 360  # nothing sticks out sideways
@@ -153,3 +157,24 @@ def test_a_bad_phone_number_shows_next_to_its_field_and_an_xss_payload_never_run
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "settings-errors-360px.png"), full_page=True)
+
+
+def test_the_google_sign_in_page_says_plainly_when_googles_button_cannot_load(tmp_path: Any, page: Any) -> None:
+    """Google's script is blocked here (the test never reaches out to Google): the page must
+    say so instead of showing an empty card."""
+    config = load_config(dev_env(tmp_path, GOOGLE_CLIENT_ID="1234-scout.apps.googleusercontent.com",
+                                 SCOUT_DB=str(tmp_path / "google.sqlite3")))
+    server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        requested: list[str] = []
+        page.route("https://accounts.google.com/**", lambda route: (requested.append(route.request.url), route.abort()))
+        page.goto(f"http://127.0.0.1:{server.server_port}/")
+        page.get_by_text("Google's sign-in button could not load").wait_for()
+        assert requested == ["https://accounts.google.com/gsi/client"]
+        assert page.locator("#google-signin").get_attribute("data-width") is not None
+        assert page.locator("#dev-signin").count() == 0
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)

@@ -217,7 +217,7 @@ def test_check_my_nightscout_shows_value_units_arrow_and_age(
     auth.login()
     httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(time.time()))  # type: ignore[attr-defined]
     save(client, nightscout_url=httpserver.url_for("/"))  # type: ignore[attr-defined]
-    assert "Nightscout works: 62 mg/dL ↓, 2 minutes ago." in check(client)
+    assert "Nightscout works: 62 mg/dL ↓ falling, 2 minutes ago." in check(client)
 
 
 @pytest.mark.parametrize("status, body, expected", [
