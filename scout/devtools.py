@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, abort, jsonify, redirect, request, url_for
+from flask import Blueprint, abort, flash, jsonify, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from scout.pages import find_or_create_user, sign_in
@@ -30,7 +30,9 @@ def dev_login() -> Response:
     email = (request.form.get("email") or "").strip().lower()
     name = (request.form.get("name") or "").strip()[:80]
     if "@" not in email or len(email) > 200:
-        return redirect(url_for("pages.index", error="Enter an email address to use the dev sign-in."))
+        # a flash, not a query parameter: the sign-in page never echoes text from its URL
+        flash("Enter an email address to use the dev sign-in.", "error")
+        return redirect(url_for("pages.index"))
     sign_in(find_or_create_user(f"dev:{email}", email, name))
     return redirect(url_for("pages.index"))
 

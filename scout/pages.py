@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, make_response, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
@@ -113,17 +113,21 @@ def render_settings(user: User, values: dict[str, Any], errors: dict[str, str], 
 
 
 @bp.get("/")
-def index() -> Page:
+def index() -> Response | Page:
     user = signed_in_user()
     if user is None:
         return render_signin()
     return render_settings(user, form_values(user), {})
 
 
-def render_signin(error: str = "", status: int = 200) -> Page:
+def render_signin(error: str = "", status: int = 200) -> Response:
     config = get_config()
     page = render_template("signin.html", config=config, error=error, login_uri=google_login_uri(config))
-    return (page, status) if status != 200 else page
+    response = make_response(page, status)
+    # Google's button checks our origin (the authorized JavaScript origin) from the Referer
+    # of its iframe: the app-wide "same-origin" would send none. This sends the origin only.
+    response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+    return response
 
 
 def google_login_uri(config: Config) -> str:
@@ -302,7 +306,7 @@ MAX_CREDENTIAL_LENGTH = 8192  # a Google ID token is about 1 kB
 
 
 @bp.post("/login")
-def login() -> Response | Page:
+def login() -> Response:
     """Google Identity Services posts the ID token here as `credential`, with the
     `g_csrf_token` double-submit value in a cookie and a field. Identity is taken only
     from the verified token; any other posted field (an `email`, say) is ignored."""

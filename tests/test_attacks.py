@@ -225,3 +225,14 @@ def test_outside_dev_mode_the_session_cookie_is_secure_httponly_and_lax(tmp_path
     assert cookie.startswith("session=")
     flags = {part.strip().lower() for part in cookie.split(";")}
     assert {"secure", "httponly", "samesite=lax"} <= flags
+
+
+def test_the_sign_in_page_echoes_no_text_from_its_url(client: FlaskClient) -> None:
+    page = client.get("/?error=Call+%2B1+900+555+0100+now&saved=1").get_data(as_text=True)
+    assert "900 555" not in page and "Saved" not in page
+
+
+def test_a_dev_sign_in_without_an_email_says_so(client: FlaskClient, store: SqliteStore) -> None:
+    response = client.post("/dev/login", data={"email": "nobody", "csrf_token": csrf_token(client)})
+    assert response.status_code == 302 and store.list_users() == []
+    assert "Enter an email address" in client.get("/").get_data(as_text=True)

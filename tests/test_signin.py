@@ -198,6 +198,7 @@ def test_the_sign_in_page_loads_google_identity_services_through_our_own_script(
     csp = response.headers["Content-Security-Policy"]
     assert "script-src 'self' https://accounts.google.com/gsi/client" in csp
     assert "'unsafe-inline'" not in csp
+    assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"  # Google checks the origin
     with google_client.get("/static/signin.js") as script:
         assert "https://accounts.google.com/gsi/client" in script.get_data(as_text=True)
 
