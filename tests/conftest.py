@@ -88,3 +88,12 @@ def threaded_httpserver() -> Iterator[Any]:
     yield server
     server.clear()
     server.stop()
+
+
+# The Firestore emulator and the fixtures that run a test on each store (issue 5).
+from tests.firestore_fixtures import (  # noqa: E402,F401
+    each_store,
+    firestore_config,
+    firestore_emulator,
+    firestore_store,
+)

@@ -1,0 +1,253 @@
+"""One contract, two stores: every test here runs on SQLite and on Firestore (the emulator)."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Callable
+
+from models import AlertState, Contact, CycleRecord, Episode, LogEntry, User
+from tests.conftest import make_user
+from tests.firestore_fixtures import second_handle
+
+T0 = 1_700_000_000.0
+
+
+def entry(key: str, user_id: str = "sub-ana", created_at: float = T0, **changes: Any) -> LogEntry:
+    values: dict[str, Any] = dict(key=key, user_id=user_id, kind="sms", purpose="contacts",
+                                  recipient="+14155552672", body="Ana's glucose is 54", created_at=created_at)
+    values.update(changes)
+    return LogEntry(**values)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def all_at_once(count: int, action: Callable[[int], Any]) -> list[Any]:
+    """Run `action(i)` in `count` threads released together, as concurrent processes would."""
+    start = threading.Barrier(count)
+
+    def run(index: int) -> Any:
+        start.wait()
+        return action(index)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+# --- users --------------------------------------------------------------------------
+
+
+def test_a_saved_user_reads_back_identically_by_id_email_and_list(each_store: Any) -> None:
+    user = make_user("https://ana.example.com", nightscout_token="tok-1", units="mmol/L", low_mgdl=72.0,
+                     high_mgdl=180.0)
+    each_store.save_user(user)
+    assert each_store.get_user("sub-ana") == user
+    assert each_store.find_user_by_email("ana@example.com") == user
+    assert each_store.list_users() == [user]
+    assert each_store.get_user("nobody") is None and each_store.find_user_by_email("no@example.com") is None
+
+
+def test_saving_a_user_again_replaces_their_settings_and_keeps_every_contact(each_store: Any) -> None:
+    each_store.save_user(make_user())
+    five = tuple(Contact(f"+1415555267{i}", "whatsapp" if i % 2 else "sms") for i in range(5))
+    each_store.save_user(make_user(phone="+14155550000", extra_contacts=five))
+    saved = each_store.get_user("sub-ana")
+    assert saved.phone == "+14155550000" and saved.extra_contacts == five
+    assert len(each_store.list_users()) == 1
+
+
+def test_deleting_a_user_removes_their_alert_state_and_log(each_store: Any) -> None:
+    each_store.save_user(make_user())
+    assert each_store.commit("sub-ana", AlertState(failed_polls=1), 0, [entry("sub-ana:x")])
+    each_store.delete_user("sub-ana")
+    assert each_store.get_user("sub-ana") is None
+    assert each_store.get_state("sub-ana") == (AlertState(), 0)
+    assert each_store.user_log("sub-ana") == []
+
+
+def test_a_tutorial_era_user_is_adopted_once_under_their_google_id(each_store: Any) -> None:
+    legacy = make_user(id="ana@example.com")  # known by email until they sign in
+    each_store.save_user(legacy)
+    assert each_store.get_user("ana@example.com") == legacy
+    adopted = replace(legacy, id="google-sub-1")
+    each_store.save_user(adopted)
+    assert each_store.list_users() == [adopted]
+    assert each_store.find_user_by_email("ana@example.com") == adopted
+    assert each_store.get_user("ana@example.com") is None
+
+
+def test_the_user_feed_lists_users_and_follows_changes(each_store: Any) -> None:
+    each_store.save_user(make_user())
+    feed = each_store.user_feed()
+    try:
+        assert [u.id for u in feed.users()] == ["sub-ana"]
+        each_store.save_user(make_user(id="sub-bo", email="bo@example.com"))
+        each_store.save_user(make_user(phone="+14155550000"))
+        assert wait_for(lambda: sorted((u.id, u.phone) for u in feed.users())
+                        == [("sub-ana", "+14155550000"), ("sub-bo", "+14155552671")])
+        each_store.delete_user("sub-bo")
+        assert wait_for(lambda: [u.id for u in feed.users()] == ["sub-ana"])
+    finally:
+        feed.close()
+
+
+# --- alert state ---------------------------------------------------------------------
+
+
+def low_episode(calls: int = 1) -> AlertState:
+    return AlertState(episode=Episode(id="ep1", kind="low", started_at=T0, calls=calls, last_call_at=T0,
+                                      alerted=[["+14155552672", "sms"]]))
+
+
+def test_alert_state_starts_empty_and_each_commit_moves_the_version_on(each_store: Any) -> None:
+    assert each_store.get_state("sub-ana") == (AlertState(), 0)
+    assert each_store.commit("sub-ana", low_episode(), 0, [])
+    assert each_store.get_state("sub-ana") == (low_episode(), 1)
+    assert each_store.commit("sub-ana", low_episode(calls=2), 1, [])
+    assert each_store.get_state("sub-ana") == (low_episode(calls=2), 2)
+
+
+def test_a_commit_on_a_stale_version_writes_neither_state_nor_log(each_store: Any) -> None:
+    assert each_store.commit("sub-ana", low_episode(), 0, [])
+    assert not each_store.commit("sub-ana", AlertState(failed_polls=3), 0, [entry("sub-ana:late")])
+    assert each_store.get_state("sub-ana") == (low_episode(), 1)
+    assert each_store.get_log("sub-ana:late") is None
+
+
+def test_of_concurrent_writers_on_one_users_state_exactly_one_wins(each_store: Any) -> None:
+    writers = [second_handle(each_store) for _ in range(6)]
+    try:
+        for version in (0, 1):  # the first write creates the state, the second replaces it
+            assert each_store.get_state("sub-ana")[1] == version
+            results = all_at_once(len(writers), lambda i: writers[i].commit(
+                "sub-ana", AlertState(failed_polls=100 * version + i), version, [entry(f"sub-ana:{version}:{i}")]))
+            assert results.count(True) == 1, results
+            winner = results.index(True)
+            assert each_store.get_state("sub-ana") == (AlertState(failed_polls=100 * version + winner), version + 1)
+            assert [e.key for e in each_store.user_log("sub-ana") if e.key.startswith(f"sub-ana:{version}:")] == [
+                f"sub-ana:{version}:{winner}"]
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+# --- alert log ---------------------------------------------------------------------------
+
+
+def test_an_alert_key_is_recorded_once_and_the_first_record_is_kept(each_store: Any) -> None:
+    assert each_store.commit("sub-ana", AlertState(failed_polls=1), 0, [entry("sub-ana:ep1:call:1", body="first")])
+    assert each_store.commit("sub-ana", AlertState(failed_polls=2), 1, [entry("sub-ana:ep1:call:1", body="second"),
+                                                                        entry("sub-ana:ep1:call:2")])
+    assert [e.body for e in each_store.user_log("sub-ana") if e.key == "sub-ana:ep1:call:1"] == ["first"]
+    assert len(each_store.user_log("sub-ana")) == 2
+    assert each_store.get_log("sub-ana:ep1:call:1").id  # every entry gets an id
+
+
+def test_entries_can_be_recorded_without_a_state_change(each_store: Any) -> None:
+    assert each_store.commit("sub-ana", None, 0, [entry("sub-ana:test")])
+    assert each_store.commit("sub-ana", None, 0, [entry("sub-ana:test", body="again")])
+    assert [e.body for e in each_store.user_log("sub-ana")] == ["Ana's glucose is 54"]
+    assert each_store.get_state("sub-ana") == (AlertState(), 0)
+
+
+def test_log_entries_are_found_by_provider_id_and_listed_newest_first(each_store: Any) -> None:
+    entries = [entry(f"sub-ana:{i}", created_at=T0 + i) for i in range(4)]
+    assert each_store.commit("sub-ana", None, 0, entries + [entry("sub-bo:0", user_id="sub-bo")])
+    each_store.update_log("sub-ana:2", status="sent", provider="twilio", provider_id="CA123")
+    found = each_store.find_log_by_provider_id("CA123")
+    assert found is not None and found.key == "sub-ana:2" and found.status == "sent" and found.updated_at > 0
+    assert each_store.find_log_by_provider_id("") is None and each_store.find_log_by_provider_id("CA999") is None
+    assert [e.key for e in each_store.user_log("sub-ana", limit=3)] == ["sub-ana:3", "sub-ana:2", "sub-ana:1"]
+
+
+def test_unsent_entries_of_every_user_come_in_one_list_oldest_first(each_store: Any) -> None:
+    assert each_store.commit("sub-bo", None, 0, [entry("sub-bo:0", user_id="sub-bo", created_at=T0 + 5)])
+    assert each_store.commit("sub-ana", None, 0, [entry(f"sub-ana:{i}", created_at=T0 + i) for i in range(3)])
+    each_store.update_log("sub-ana:0", status="sent")
+    each_store.update_log("sub-ana:1", status="failed")
+    each_store.update_log("sub-ana:2", status="permanent")
+    assert [e.key for e in each_store.unsent_log()] == ["sub-ana:1", "sub-bo:0"]
+
+
+def test_updating_an_unknown_log_key_does_nothing(each_store: Any) -> None:
+    each_store.update_log("missing", status="sent")
+    assert each_store.get_log("missing") is None
+
+
+def test_only_one_of_several_concurrent_claims_takes_an_entry(each_store: Any) -> None:
+    assert each_store.commit("sub-ana", None, 0, [entry("sub-ana:x")])
+    claimers = [second_handle(each_store) for _ in range(6)]
+    try:
+        claims = all_at_once(len(claimers), lambda i: claimers[i].claim_log("sub-ana:x", T0 + 10, 90))
+    finally:
+        for claimer in claimers:
+            claimer.close()
+    taken = [c for c in claims if c is not None]
+    assert len(taken) == 1, claims
+    assert taken[0].status == "sending" and taken[0].attempts == 1 and taken[0].claimed_until == T0 + 100
+
+
+def test_a_claim_holds_until_it_expires_and_a_sent_entry_is_never_claimed(each_store: Any) -> None:
+    assert each_store.commit("sub-ana", None, 0, [entry("sub-ana:x")])
+    assert each_store.claim_log("sub-ana:x", T0, 90) is not None
+    assert each_store.claim_log("sub-ana:x", T0 + 89, 90) is None  # someone is sending it
+    again = each_store.claim_log("sub-ana:x", T0 + 91, 90)  # the sender died: take it over
+    assert again is not None and again.attempts == 2
+    each_store.update_log("sub-ana:x", status="sent", claimed_until=0.0)
+    assert each_store.claim_log("sub-ana:x", T0 + 500, 90) is None
+    assert each_store.claim_log("missing", T0, 90) is None
+
+
+# --- lease and cycles ------------------------------------------------------------------------
+
+
+def test_the_lease_is_held_renewed_expires_and_is_taken_over(each_store: Any) -> None:
+    assert each_store.acquire_lease("poller", "a", 150, T0)
+    assert not each_store.acquire_lease("poller", "b", 150, T0 + 60)  # a holds it
+    assert each_store.acquire_lease("poller", "a", 150, T0 + 60)  # a renews until T0 + 210
+    assert not each_store.acquire_lease("poller", "b", 150, T0 + 209)
+    assert each_store.acquire_lease("poller", "b", 150, T0 + 211)  # a stopped renewing: b takes over
+    assert not each_store.acquire_lease("poller", "a", 150, T0 + 212)  # and a stays out
+
+
+def test_a_released_lease_can_be_taken_at_once(each_store: Any) -> None:
+    assert each_store.acquire_lease("poller", "a", 150, T0)
+    each_store.release_lease("poller", "b")  # not b's to release
+    assert not each_store.acquire_lease("poller", "b", 150, T0 + 1)
+    each_store.release_lease("poller", "a")
+    assert each_store.acquire_lease("poller", "b", 150, T0 + 2)
+
+
+def test_of_standbys_racing_for_an_expired_lease_exactly_one_wins(each_store: Any) -> None:
+    assert each_store.acquire_lease("poller", "old", 150, T0)
+    standbys = [second_handle(each_store) for _ in range(6)]
+    try:
+        results = all_at_once(len(standbys), lambda i: standbys[i].acquire_lease("poller", f"s{i}", 150, T0 + 200))
+    finally:
+        for standby in standbys:
+            standby.close()
+    assert results.count(True) == 1, results
+    winner = f"s{results.index(True)}"
+    assert each_store.acquire_lease("poller", winner, 150, T0 + 201)
+    assert not each_store.acquire_lease("poller", "old", 150, T0 + 201)
+
+
+def test_the_last_cycle_is_recorded_and_read_back(each_store: Any) -> None:
+    assert each_store.last_cycle() is None
+    each_store.record_cycle(CycleRecord(T0, {"users": 2, "failed": {"timeout": 1}}))
+    each_store.record_cycle(CycleRecord(T0 + 60, {"users": 3, "failed": {}}))
+    assert each_store.last_cycle() == CycleRecord(T0 + 60, {"users": 3, "failed": {}})
+
+
+def test_users_are_plain_values_that_survive_the_round_trip(each_store: Any) -> None:
+    bare = User(id="sub-new", email="new@example.com")
+    each_store.save_user(bare)
+    assert each_store.get_user("sub-new") == bare
