@@ -1,5 +1,9 @@
-"""Operator commands: `flask --app notifier poll --once` and `flask --app notifier poller`."""
+"""Operator commands: `flask --app notifier poll --once`, `flask --app notifier poller` and
+`flask --app notifier import-users FILE.json`."""
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import click
 from flask import Flask
@@ -37,3 +41,27 @@ def register_commands(app: Flask) -> None:
         from scout.poller import run_forever
 
         run_forever(get_config())
+
+    @app.cli.command("import-users")
+    @click.argument("file", type=click.File("r", encoding="utf-8"))
+    @click.option("--dry-run", is_flag=True, help="Check every record and report, but save nothing.")
+    def import_users_command(file: Any, dry_run: bool) -> None:
+        """Load the tutorial's `scouts` documents from FILE (JSON) into the configured store.
+
+        FILE holds a list of documents, or an object mapping document ids to documents.
+        Every record is reported; invalid ones are listed with the reason and not imported."""
+        from scout.migration import ImportFileError, import_users, records_in
+
+        try:
+            records = records_in(json.load(file))
+        except (ValueError, ImportFileError) as exc:
+            raise click.ClickException(f"{file.name} cannot be imported: {exc}") from None
+        results = import_users(get_store(), records, get_config().default_region, dry_run=dry_run)
+        for result in results:
+            click.echo(result.line())
+        imported = sum(r.imported for r in results)
+        verb = "would be imported (dry run: nothing saved)" if dry_run else "imported"
+        click.echo(f"{imported} of {len(results)} record(s) {verb}, {len(results) - imported} not imported.")
+        if imported < len(results):
+            raise click.ClickException("some records were not imported: fix them in the file and run the "
+                                       "import again (records already imported are simply saved again).")

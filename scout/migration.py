@@ -1,0 +1,140 @@
+"""Importing the tutorial's `scouts` documents (e.g. an exported JSON file) into Scout's store.
+
+Each record is checked the way the settings page checks what a user types; a record
+that fails is reported with the reason and not imported. Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from models import MAX_EXTRA_CONTACTS, Contact, Store, User, is_tutorial_era
+from scout.nightscout import BadNightscoutURL, parse_site
+from scout.settings_form import normalize_phone
+
+
+class ImportFileError(ValueError):
+    """The file is not a list or map of `scouts` documents."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    label: str  # how the record is named in the report: its email, or its position
+    user: User | None = None
+    problem: str = ""  # why the record was not imported
+    note: str = ""
+
+    @property
+    def imported(self) -> bool:
+        return self.user is not None
+
+    def line(self) -> str:
+        if self.user is None:
+            return f"NOT imported  {self.label}: {self.problem}"
+        return f"imported      {self.label}" + (f" ({self.note})" if self.note else "")
+
+
+def records_in(data: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(document id, document) pairs from a list of documents, a map of id to document,
+    or either of those under a "scouts" key."""
+    if isinstance(data, dict) and "scouts" in data:
+        data = data["scouts"]
+    if isinstance(data, list):
+        return [(str(d.get("id") or d.get("__id__") or "") if isinstance(d, dict) else "", d) for d in data]
+    if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+        return [(str(doc_id), document) for doc_id, document in data.items()]
+    raise ImportFileError("expected a JSON list of scouts documents, or an object mapping document ids to them")
+
+
+def tutorial_phone(raw: Any, region: str) -> str:
+    """E.164 from what the tutorial stored: digits with the country code and no '+'
+    (what Vonage takes), or whatever the person typed."""
+    text = str(raw or "").strip()
+    if text.isdigit():
+        try:
+            return normalize_phone(f"+{text}", region)
+        except ValueError:
+            pass  # perhaps a national number after all: read it in the default region below
+    return normalize_phone(text, region)
+
+
+def _optional_phone(raw: Any, region: str, field: str) -> str:
+    if not str(raw or "").strip():
+        return ""
+    try:
+        return tutorial_phone(raw, region)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def _extra_contacts(raw: Any, region: str) -> tuple[Contact, ...]:
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, list):
+        raise ValueError("extra_contacts: expected a list of phone numbers")
+    values = [Contact.from_value(v) for v in raw]
+    contacts = [c for c in values if c]
+    if len(contacts) > MAX_EXTRA_CONTACTS:
+        raise ValueError(f"extra_contacts: {len(contacts)} numbers, Scout texts at most {MAX_EXTRA_CONTACTS}")
+    return tuple(Contact(_optional_phone(c.phone, region, "extra_contacts"), c.channel) for c in contacts)
+
+
+def user_from_record(document: dict[str, Any], region: str) -> User:
+    """The user a tutorial-shaped document describes, or ValueError naming the bad field."""
+    email = str(document.get("email") or "").strip()
+    if "@" not in email:
+        raise ValueError("email: missing or not an email address")
+    url = str(document.get("nightscout_api") or "").strip()
+    if url:
+        try:
+            parse_site(url)
+        except BadNightscoutURL as exc:
+            raise ValueError(f"nightscout_api: {exc}") from None
+    emergency = _optional_phone(document.get("emerg_contact"), region, "emerg_contact")
+    return User(
+        id=str(document.get("sub") or "").strip() or email,  # no sub: known by email until sign-in
+        email=email,
+        name=str(document.get("username") or "").strip(),
+        nightscout_url=url,
+        phone=_optional_phone(document.get("phone"), region, "phone"),
+        emergency_contact=Contact(emergency) if emergency else None,
+        extra_contacts=_extra_contacts(document.get("extra_contacts"), region),
+    )
+
+
+def _check_record(index: int, doc_id: str, document: Any, region: str, seen: dict[str, str]) -> ImportResult:
+    label = f"record {index}" + (f" (id {doc_id})" if doc_id else "")
+    if not isinstance(document, dict):
+        return ImportResult(label, problem="not a JSON object")
+    try:
+        user = user_from_record(document, region)
+    except ValueError as exc:
+        return ImportResult(label, problem=str(exc))
+    label = f"{user.email} ({label})"
+    if user.email in seen:
+        return ImportResult(label, problem=f"the same email as {seen[user.email]}; merge the two by hand")
+    seen[user.email] = label
+    notes = []
+    if is_tutorial_era(user):
+        notes.append("known by email until they sign in with Google")
+    if not user.is_watchable:
+        notes.append("not watched until a phone number and Nightscout address are set")
+    return ImportResult(label, user=user, note="; ".join(notes))
+
+
+def import_users(store: Store, records: Iterable[tuple[str, Any]], region: str, dry_run: bool = False
+                 ) -> list[ImportResult]:
+    """Check every record and save the valid ones (unless `dry_run`). Running it twice
+    is safe: a record already imported is saved again with the same values."""
+    results, seen = [], {}  # type: list[ImportResult], dict[str, str]
+    for index, (doc_id, document) in enumerate(records, start=1):
+        result = _check_record(index, doc_id, document, region, seen)
+        if result.user is not None:
+            current = store.find_user_by_email(result.user.email)
+            if current is not None and current.id != result.user.id and not is_tutorial_era(current):
+                result = ImportResult(result.label, problem=f"already signed in with Google as user {current.id}; "
+                                                            "their current settings are kept")
+            elif not dry_run:
+                store.save_user(result.user)
+        results.append(result)
+    return results
