@@ -6,6 +6,7 @@ Scout unsafe stops the start with one line naming the variable.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -98,6 +99,52 @@ def _check_telephony(env: Mapping[str, str], telephony: str, dev: bool) -> None:
     for name in TELEPHONY_VARIABLES[telephony]:
         if not env.get(name, "").strip():
             raise ConfigError(f"{name} is not set but {telephony} telephony needs it; see .env.example.")
+    if telephony == "twilio":
+        _check_twilio(env)
+    else:
+        _check_vonage(env)
+
+
+def _check_number(env: Mapping[str, str], name: str, plus_optional: bool = False) -> None:
+    """Provider sender numbers must be full international numbers: '+' and digits."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return
+    number = f"+{raw}" if plus_optional and not raw.startswith("+") else raw
+    if not re.fullmatch(r"\+[1-9]\d{6,14}", number):
+        raise ConfigError(f"{name} must be a phone number in E.164 form such as +15551234567, got {raw!r}.")
+
+
+def _check_base_url(env: Mapping[str, str], name: str) -> None:
+    raw = env.get(name, "").strip()
+    if raw and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", raw):
+        raise ConfigError(f"{name} must be an http(s) base URL such as http://127.0.0.1:4010, got {raw!r}.")
+
+
+def _check_twilio(env: Mapping[str, str]) -> None:
+    if not env["TWILIO_ACCOUNT_SID"].strip().startswith("AC"):
+        raise ConfigError("TWILIO_ACCOUNT_SID must be the account SID that starts with AC (Twilio console, "
+                          "Account info).")
+    _check_number(env, "TWILIO_NUMBER")
+    _check_number(env, "TWILIO_WHATSAPP_NUMBER")
+    _check_base_url(env, "SCOUT_TWILIO_BASE_URL")
+
+
+def _check_vonage(env: Mapping[str, str]) -> None:
+    key = env["NEXMO_PRIVATE_KEY"].strip()
+    if not key.startswith("-----BEGIN"):  # the key itself is accepted as well as a path to it
+        try:
+            with open(key, encoding="utf-8") as handle:
+                head = handle.read(64)
+        except OSError as exc:
+            raise ConfigError(f"NEXMO_PRIVATE_KEY names {key!r}, which cannot be read ({exc.strerror}): "
+                              "point it at the Vonage application's private.key file.") from None
+        if "PRIVATE KEY" not in head:
+            raise ConfigError(f"NEXMO_PRIVATE_KEY names {key!r}, which is not a PEM private key: "
+                              "point it at the Vonage application's private.key file.")
+    _check_number(env, "NEXMO_NUMBER", plus_optional=True)
+    _check_number(env, "NEXMO_WHATSAPP_NUMBER", plus_optional=True)
+    _check_base_url(env, "SCOUT_VONAGE_BASE_URL")
 
 
 def load_config(env: Mapping[str, str] | None = None) -> Config:

@@ -1,0 +1,77 @@
+"""Plumbing shared by the Twilio and Vonage backends: request timeouts, bounded
+retries, phone-number shapes and the callback URLs an alert call carries.
+
+The backends themselves live in scout/twilio_messenger.py and
+scout/vonage_messenger.py; the webhooks that receive the callbacks in
+scout/webhooks.py.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Callable, TypeVar
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from scout.messenger import TelephonyError
+
+log = logging.getLogger("scout.telephony")
+
+T = TypeVar("T")
+
+# Every provider request is bounded: a provider that hangs must not stall the cycle.
+REQUEST_TIMEOUT = 8  # seconds, connect and read (Vonage's SDK takes whole seconds only)
+# Attempts after a transient failure (429, 5xx, no connection): three attempts with
+# short pauses, and no new attempt once RETRY_BUDGET seconds have gone by, so a
+# provider outage delays one send by a few seconds, not the whole cycle.
+RETRY_DELAYS = (0.3, 1.0)
+RETRY_BUDGET = 4.0
+
+# Where the provider posts what became of an alert call. The call key in the query
+# names the alert when the provider's call id is not stored yet (see scout/webhooks.py).
+TWILIO_GATHER_PATH = "/webhooks/twilio/gather"
+TWILIO_STATUS_PATH = "/webhooks/twilio/status"
+VONAGE_EVENT_PATH = "/webhooks/vonage/events"
+VONAGE_INPUT_PATH = "/webhooks/vonage/input"
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class RetryableTelephonyError(TelephonyError):
+    """A failure worth another attempt at once: rate limited, a provider error, no connection."""
+
+
+def with_retries(operation: Callable[[], T], what: str, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run `operation`, trying again after a RetryableTelephonyError while the retry
+    budget lasts. Anything else, and the last transient failure, is raised."""
+    started = time.monotonic()
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return operation()
+        except RetryableTelephonyError as exc:
+            if delay is None or time.monotonic() - started + delay > RETRY_BUDGET:
+                raise
+            log.warning("%s failed (%s); trying again in %.1f s", what, exc, delay)
+            sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def is_e164(number: str) -> bool:
+    return bool(E164.match(number or ""))
+
+
+def digits_only(number: str) -> str:
+    """'+14155552671' -> '14155552671': Vonage wants numbers without the plus."""
+    return number.strip().lstrip("+")
+
+
+def callback_url(site_url: str, path: str, call_key: str) -> str:
+    """The public URL of one of Scout's webhooks, naming the alert call it is about."""
+    return f"{site_url.rstrip('/')}{path}?{urlencode({'call': call_key})}"
+
+
+def rebase_url(url: str, base_url: str) -> str:
+    """Send a provider request to `base_url` instead of the provider's host: the path
+    and query stay, the scheme and host (and any path prefix) come from `base_url`."""
+    target, base = urlsplit(url), urlsplit(base_url)
+    return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + target.path, target.query, ""))
