@@ -3,7 +3,7 @@ the dev sign-in and a simulated Nightscout."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, jsonify
 from flask_wtf.csrf import CSRFProtect
@@ -11,6 +11,9 @@ from flask_wtf.csrf import CSRFProtect
 from models import Store, open_store
 from scout.config import Config, load_config
 from scout.logs import configure_logging
+
+if TYPE_CHECKING:
+    from scout.engine import Engine
 
 HEALTHY_WITHIN = 180.0  # /healthz fails when no poll cycle finished in the last 3 minutes
 
@@ -80,6 +83,22 @@ def get_store() -> Store:
         store = open_store(get_config())
         current_app.extensions["scout_store"] = store
     return store
+
+
+def get_engine() -> "Engine":
+    """The engine the telephony webhooks act through: this process's store and the
+    configured messenger, created on first use (never before a fork)."""
+    engine = current_app.extensions.get("scout_engine")
+    if engine is None:
+        from scout.engine import Engine
+        from scout.messenger import make_messenger
+        from scout.poller import rules_from
+
+        config = get_config()
+        engine = Engine(store=get_store(), messenger=make_messenger(config), rules=rules_from(config),
+                        allow_private=config.dev)
+        current_app.extensions["scout_engine"] = engine
+    return engine
 
 
 def healthz() -> tuple[Response, int]:
