@@ -1,15 +1,42 @@
 """Gunicorn settings for Scout. The poller is started here, in the master, once per
-deployment: not once per worker."""
+deployment (per instance): not once per worker. Across instances the store's lease lets
+only one poller act, so running two instances is safe (see README, Deploy)."""
+import json
 import os
 import sys
 
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8080"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Pages and webhooks answer in well under a second; a worker stuck for 30 s is restarted.
 timeout = 30
+# App Engine allows 30 s between SIGTERM and SIGKILL: finish requests, then stop the poller.
 graceful_timeout = 20
 accesslog = "-"
+# App Engine's front end terminates TLS and sets X-Forwarded-*; trust it for the scheme.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "*")
 
 _supervisor = None
+
+
+def firestore_settings_problem(config):  # noqa: ANN001, ANN201
+    """Why the Firestore settings cannot work, or None. Checked here without importing the
+    Firestore client: gRPC must not be loaded in the master before it forks the workers."""
+    if config.store != "firestore" or config.get("FIRESTORE_EMULATOR_HOST"):
+        return None
+    key = config.firebase_private_key
+    if not key:
+        if config.get("GOOGLE_CLOUD_PROJECT"):
+            return None  # application default credentials (App Engine's service account)
+        return ("SCOUT_STORE=firestore but neither FIREBASE_PRIVATE_KEY nor GOOGLE_CLOUD_PROJECT is set: "
+                "set one of them (see README, Deploy).")
+    try:
+        with open(key, encoding="utf-8") as key_file:
+            account = json.load(key_file)
+    except (OSError, ValueError) as error:
+        return f"FIREBASE_PRIVATE_KEY={key} cannot be read as a service-account JSON file: {error}"
+    if not (account.get("project_id") or config.get("GOOGLE_CLOUD_PROJECT")):
+        return f"FIREBASE_PRIVATE_KEY={key} names no project_id: set GOOGLE_CLOUD_PROJECT."
+    return None
 
 
 def on_starting(server):  # noqa: ANN001 - gunicorn's hook signature
@@ -18,9 +45,13 @@ def on_starting(server):  # noqa: ANN001 - gunicorn's hook signature
     from scout.config import ConfigError, load_config
 
     try:
-        load_config()
+        config = load_config()
     except ConfigError as error:
         print(f"Scout cannot start: {error}", file=sys.stderr)
+        sys.exit(2)
+    problem = firestore_settings_problem(config)
+    if problem:
+        print(f"Scout cannot start: {problem}", file=sys.stderr)
         sys.exit(2)
     if os.environ.get("SCOUT_POLLER", "embedded") == "embedded":
         from scout.poller import start_supervised_poller
@@ -30,6 +61,8 @@ def on_starting(server):  # noqa: ANN001 - gunicorn's hook signature
 
 
 def on_exit(server):  # noqa: ANN001
+    """Stop the poller with the server; it releases its lease, so a poller on another
+    instance takes over at its next cycle."""
     if _supervisor is not None and _supervisor.poll() is None:
         _supervisor.terminate()
         try:
