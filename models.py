@@ -349,11 +349,7 @@ class SqliteStore:
         return User.from_dict(json.loads(rows[0][0])) if rows else None
 
     def save_user(self, user: User) -> None:
-        """Saving a user under their Google id replaces their tutorial-era record (the one
-        known by email, see `is_tutorial_era`): the adopted user is not kept twice."""
         with self._transaction() as db:
-            if not is_tutorial_era(user):
-                db.execute("DELETE FROM users WHERE id = ? AND email = ?", (user.email, user.email))
             db.execute(
                 "INSERT INTO users (id, email, data, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET email = excluded.email, data = excluded.data, "

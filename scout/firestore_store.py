@@ -337,23 +337,25 @@ class FirestoreStore:
         return user_from_document(found[0].id, found[0].to_dict() or {}) if found else None
 
     def save_user(self, user: User) -> None:
-        """Write the user in Scout's shape. Saving a signed-in user whose tutorial-era
-        document (same email, no `sub`) still exists replaces that document: the user is
-        adopted under their Google id, and the old document is deleted in the same write."""
-        document = user_to_document(user, time.time())
+        """Write the user in Scout's shape. A tutorial-era user (known by email) is written
+        over their own tutorial document, whatever its id: the document is upgraded in place.
 
-        def write(transaction: Any) -> None:
-            legacy = self._tutorial_documents(user.email, transaction) if user.email else []
-            if is_tutorial_era(user):  # still tutorial-era: upgrade its document in place
-                target = legacy[0].id if legacy else user.id
-                legacy = legacy[1:]
-            else:
-                target = user.id
-            for old in legacy:
-                transaction.delete(old.reference)
+        Adoption on sign-in saves the user under their Google id and then deletes the
+        tutorial-era user (`delete_user(email)`), which finds that document by email: it is
+        never deleted here, so a sign-in that may not adopt (an unverified email) cannot
+        remove it."""
+        document = user_to_document(user, time.time())
+        if not is_tutorial_era(user):
+            with _unavailable_on_error("save a user"):
+                self.collection(USERS).document(user.id).set(document)
+            return
+
+        def upgrade(transaction: Any) -> None:
+            legacy = self._tutorial_documents(user.email, transaction)
+            target = legacy[0].id if legacy else user.id
             transaction.set(self.collection(USERS).document(target), document)
 
-        self._run_transaction("save a user", write)
+        self._run_transaction("save a user", upgrade)
 
     def delete_user(self, user_id: str) -> None:
         with _unavailable_on_error("delete a user"):

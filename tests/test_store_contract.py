@@ -78,10 +78,19 @@ def test_a_tutorial_era_user_is_adopted_once_under_their_google_id(each_store: A
     each_store.save_user(legacy)
     assert each_store.get_user("ana@example.com") == legacy
     adopted = replace(legacy, id="google-sub-1")
-    each_store.save_user(adopted)
+    each_store.save_user(adopted)  # as scout.pages.find_or_create_user adopts: save, then delete
+    each_store.delete_user(legacy.id)
     assert each_store.list_users() == [adopted]
     assert each_store.find_user_by_email("ana@example.com") == adopted
     assert each_store.get_user("ana@example.com") is None
+
+
+def test_saving_another_user_with_the_same_email_leaves_the_tutorial_era_user_alone(each_store: Any) -> None:
+    legacy = make_user(id="ana@example.com")
+    each_store.save_user(legacy)
+    each_store.save_user(User(id="google-sub-2", email="ana@example.com"))  # e.g. an unverified email
+    assert each_store.get_user("ana@example.com") == legacy
+    assert len(each_store.list_users()) == 2
 
 
 def test_the_user_feed_lists_users_and_follows_changes(each_store: Any) -> None:
