@@ -39,6 +39,7 @@ class UserResult:
     messages: int = 0
     failed_sends: int = 0
     elapsed: float = 0.0
+    decided_at: float = 0.0  # clock time the decision was made and recorded, before sending
 
     def line(self) -> str:
         sent = f" [calls {self.calls}, messages {self.messages}" + (
@@ -74,10 +75,22 @@ class Engine:
         else:
             result.ok = True
         decision, entries = self._decide_and_record(user, poll)
+        result.decided_at = self.clock()
         result.summary = decision.line
         self._deliver(user, entries, poll, result)
         result.elapsed = self.clock() - started
         return result
+
+    def decide_without_writing(self, user: User, poll: PollResult, state: AlertState) -> UserResult | None:
+        """The result of a poll that changes nothing (no new state, no action), decided on
+        a state read earlier in the cycle; None when there is something to record, which
+        `poll_user` must then do on a fresh read. Most polls of most users end here."""
+        now = self.clock()
+        decision = decide(user, poll, state, now, self.rules)
+        if decision.state != state or decision.actions:
+            return None
+        failure = poll.reason if isinstance(poll, PollFailure) else ""
+        return UserResult(user.id, user.email, ok=not failure, reason=failure, summary=decision.line, decided_at=now)
 
     def _decide_and_record(self, user: User, poll: PollResult) -> tuple[Decision, list[LogEntry]]:
         """Decide on the stored state and commit the new state with the actions, all or
