@@ -29,6 +29,8 @@ from scout.telephony import (
 )
 
 log = logging.getLogger("scout.telephony.twilio")
+# The SDK logs every request and its headers at INFO; Scout logs what it sent itself.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 

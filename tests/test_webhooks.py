@@ -179,3 +179,22 @@ def test_a_twilio_webhook_is_refused_when_scout_has_no_twilio_auth_token(
 def test_webhooks_need_no_csrf_token_but_only_accept_posts(calling: Scout) -> None:
     assert calling.client.get("/webhooks/twilio/status").status_code == 405
     assert calling.client.get("/webhooks/vonage/events").status_code == 405
+
+
+def test_a_callback_that_beats_the_stored_call_id_still_finds_its_call_by_the_signed_url(calling: Scout) -> None:
+    # the instant between the provider accepting the call and Scout storing its id
+    call = next(e for e in calling.log() if e.kind == "call")
+    calling.store.update_log(call.key, provider_id="", status="sending")
+    calling.finish_call(NO_ANSWER[calling.provider])
+    assert call_outcome(calling) == "unanswered" and len(calling.messages()) == 3
+
+
+def test_a_call_id_that_belongs_to_another_alert_than_the_url_names_changes_nothing(calling: Scout) -> None:
+    (final,) = calling.callbacks(NO_ANSWER[calling.provider])
+    other_url = final.url.split("?")[0] + "?call=sub-bo%3Alow-1%3Acall%3A1"
+    if calling.provider == "twilio":
+        forged = twilio_signed(other_url, final.form or {}, calling.config.get("TWILIO_AUTH_TOKEN"))
+    else:
+        forged = vonage_signed(other_url, json.loads(final.body or b"{}"), calling.config.get("NEXMO_SIGNATURE_SECRET"))
+    assert calling.post(forged).status_code in (200, 204)
+    assert call_outcome(calling) == "pending" and calling.messages() == []
