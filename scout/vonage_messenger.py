@@ -80,6 +80,11 @@ def ask_again_ncco(pressed: str, input_url: str) -> list[dict[str, Any]]:
     return [action.model_dump(mode="json", by_alias=True, exclude_none=True) for action in actions]
 
 
+def inbound_ncco() -> list[dict[str, Any]]:
+    text = "This is Scout. This number only places glucose alerts and cannot take calls. Goodbye."
+    return [Talk(text=text).model_dump(mode="json", by_alias=True, exclude_none=True)]
+
+
 def no_key_ncco() -> list[dict[str, Any]]:
     return [Talk(text=NO_KEY_PRESSED).model_dump(mode="json", by_alias=True, exclude_none=True)]
 

@@ -25,7 +25,7 @@ from twilio.request_validator import RequestValidator
 from models import LogEntry, StoreUnavailable
 from scout.alerts import ACKNOWLEDGED, UNANSWERED
 from scout.twilio_messenger import acknowledged_twiml, ask_again_twiml, no_key_twiml
-from scout.vonage_messenger import acknowledged_ncco, ask_again_ncco, no_key_ncco
+from scout.vonage_messenger import acknowledged_ncco, ask_again_ncco, inbound_ncco, no_key_ncco
 from scout.web import get_config, get_engine, get_store
 
 log = logging.getLogger("scout.webhooks")
@@ -206,3 +206,10 @@ def vonage_events() -> Response | tuple[str, int]:
     if status in VONAGE_FINAL:
         settle("vonage", str(body.get("uuid", "")), UNANSWERED, vonage_detail(status))
     return "", 204
+
+
+@bp.route("/vonage/answer", methods=["GET", "POST"])
+def vonage_answer() -> Response:
+    """The Vonage application's answer URL, used only when someone calls Scout's number:
+    alert calls carry their own NCCO. Nothing is read or changed, so nothing to verify."""
+    return jsonify(inbound_ncco())

@@ -198,3 +198,9 @@ def test_a_call_id_that_belongs_to_another_alert_than_the_url_names_changes_noth
         forged = vonage_signed(other_url, json.loads(final.body or b"{}"), calling.config.get("NEXMO_SIGNATURE_SECRET"))
     assert calling.post(forged).status_code in (200, 204)
     assert call_outcome(calling) == "pending" and calling.messages() == []
+
+
+def test_a_call_to_scouts_vonage_number_hears_that_it_only_places_alerts(calling: Scout) -> None:
+    answer = calling.client.get("/webhooks/vonage/answer?from=14155550199")
+    assert answer.status_code == 200 and answer.json[0]["action"] == "talk"
+    assert "only places glucose alerts" in answer.json[0]["text"] and call_outcome(calling) == "pending"
