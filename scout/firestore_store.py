@@ -62,6 +62,7 @@ WRITE_GUARDS = "write_guards"
 
 UNSENT_STATUSES = ["pending", "failed", "sending"]
 GUARD_LIFETIME = dt.timedelta(days=7)  # a TTL policy on `expire_at` deletes guards after this
+MAX_BATCH_WRITES = 500  # Firestore's limit on the writes of one commit
 FIRST_SNAPSHOT_WAIT = 10.0  # seconds the poller waits for the listener's first snapshot
 DEFAULT_EMULATOR_PROJECT = "scout-local"
 
@@ -358,18 +359,21 @@ class FirestoreStore:
         self._run_transaction("save a user", upgrade)
 
     def delete_user(self, user_id: str) -> None:
+        """Delete the user (for a tutorial-era user, their document found by email), their
+        alert state and their alert log. The user document goes first: once it is gone
+        nobody is polled, whatever happens to the rest."""
         with _unavailable_on_error("delete a user"):
-            batch = self.db.batch()
-            user_refs = [self.collection(USERS).document(user_id)]
+            refs = [self.collection(USERS).document(user_id)]
             if "@" in user_id:
-                user_refs += [d.reference for d in self._tutorial_documents(user_id)]
-            for ref in user_refs:
-                batch.delete(ref)
-            batch.delete(self.collection(ALERT_STATES).document(user_id))
+                refs += [d.reference for d in self._tutorial_documents(user_id)]
+            refs.append(self.collection(ALERT_STATES).document(user_id))
             entries = self.collection(ALERT_LOG).where(filter=FieldFilter("user_id", "==", user_id)).stream()
-            for entry in entries:
-                batch.delete(entry.reference)
-            batch.commit()
+            refs += [entry.reference for entry in entries]
+            for start in range(0, len(refs), MAX_BATCH_WRITES):
+                batch = self.db.batch()
+                for ref in refs[start:start + MAX_BATCH_WRITES]:
+                    batch.delete(ref)
+                batch.commit()
 
     def list_users(self) -> list[User]:
         with _unavailable_on_error("list the users"):

@@ -268,3 +268,18 @@ def test_a_low_calls_once_and_the_unanswered_console_call_texts_every_contact_on
     assert call.outcome == "unanswered" and firestore_store.find_log_by_provider_id(call.provider_id) == call
     assert "Ana, your blood glucose is 54 milligrams per deciliter and falling" in caplog.text
     assert firestore_store.last_cycle() is not None
+
+
+def test_a_user_feed_whose_listener_stopped_reads_the_users_directly_and_listens_again(
+    firestore_store: FirestoreStore
+) -> None:
+    firestore_store.save_user(make_user())
+    feed = firestore_store.user_feed()
+    try:
+        assert [u.id for u in feed.users()] == ["sub-ana"]
+        feed.close()  # the listener is gone, as after a stream error it could not recover from
+        assert [u.id for u in feed.users()] == ["sub-ana"]  # read directly
+        firestore_store.save_user(make_user(id="sub-bo", email="bo@example.com"))
+        wait_until(lambda: [u.id for u in feed.users()] == ["sub-ana", "sub-bo"])  # and listening again
+    finally:
+        feed.close()
