@@ -7,10 +7,11 @@ alert is never sent twice.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import requests
 
@@ -26,6 +27,15 @@ CLAIM_HOLD = 90.0  # seconds an entry stays claimed by the process sending it
 MESSAGE_RETRY_WINDOW = 30 * 60  # an unsent message older than this is no longer worth sending
 CALL_RETRY_WINDOW = 120  # a call never attempted is placed late only within this window
 MAX_COMMIT_ATTEMPTS = 5
+
+
+def log_action(stage: str, entry: LogEntry, level: int = logging.INFO, **extra: Any) -> None:
+    """One JSON line per action and stage (recorded, sent, send_failed, expired), with the
+    same fields as the per-cycle line's style, so a log search can follow one alert by
+    its key from the decision to the provider."""
+    fields_ = {"event": "action", "stage": stage, "user": entry.user_id, "key": entry.key, "kind": entry.kind,
+               "purpose": entry.purpose, "to": entry.recipient, **extra}
+    log.log(level, "%s", json.dumps(fields_, sort_keys=True))
 
 
 @dataclass
@@ -104,8 +114,7 @@ class Engine:
             entries = [self._entry(user, action, now) for action in decision.actions]
             if self.store.commit(user.id, decision.state, version, entries):
                 for entry in entries:
-                    log.info("action recorded user=%s purpose=%s kind=%s to=%s key=%s",
-                             user.id, entry.purpose, entry.kind, entry.recipient, entry.key)
+                    log_action("recorded", entry)
                 return decision, entries
         raise StoreUnavailable(f"the alert state of {user.email} kept changing; will try next cycle")
 
@@ -145,14 +154,13 @@ class Engine:
             status = "permanent" if exc.permanent or claimed.kind == "call" else "failed"
             self.store.update_log(claimed.key, status=status, error=f"{exc.code + ': ' if exc.code else ''}{exc}",
                                   provider=self.messenger.name, claimed_until=0.0)
-            log.warning("send failed user=%s kind=%s to=%s status=%s error=%s",
-                        claimed.user_id, claimed.kind, claimed.recipient, status, exc)
+            log_action("send_failed", claimed, logging.WARNING, status=status, attempt=claimed.attempts,
+                       error=str(exc))
             result.failed_sends += 1
             return (UNANSWERED, f"call failed: {exc}") if claimed.kind == "call" else None
         self.store.update_log(claimed.key, status="sent", provider=self.messenger.name, provider_id=provider_id,
                               outcome=outcome[0] if outcome else "", claimed_until=0.0)
-        log.info("sent user=%s kind=%s purpose=%s to=%s provider_id=%s",
-                 claimed.user_id, claimed.kind, claimed.purpose, claimed.recipient, provider_id)
+        log_action("sent", claimed, provider=self.messenger.name, provider_id=provider_id, attempt=claimed.attempts)
         if claimed.kind == "call":
             result.calls += 1
         else:
@@ -168,6 +176,7 @@ class Engine:
             too_old = age > (CALL_RETRY_WINDOW if entry.kind == "call" else MESSAGE_RETRY_WINDOW)
             if too_old or (entry.kind == "call" and entry.attempts > 0 and entry.status != "sending"):
                 self.store.update_log(entry.key, status="expired", error="not sent in time; not retried")
+                log_action("expired", entry, logging.WARNING, age_s=round(age, 1))
                 continue
             if entry.claimed_until > now:
                 continue
@@ -193,7 +202,8 @@ class Engine:
                 break
         else:
             raise StoreUnavailable(f"could not record the call outcome for {user.email}")
-        log.info("call outcome user=%s key=%s outcome=%s detail=%s", user.id, call_key, outcome, detail)
+        log.info("%s", json.dumps({"event": "call_outcome", "user": user.id, "key": call_key, "outcome": outcome,
+                                   "detail": detail}, sort_keys=True))
         if poll is None:
             poll = self.fetch(user)
         decision, entries = self._decide_and_record(user, poll)

@@ -49,6 +49,8 @@ DEFAULT_WORKERS = 64
 # (each holding a socket for the 10 s read timeout) leave room for everyone else.
 DEFAULT_CONNECTIONS = 1000
 RESOLVER_THREADS = 64  # name lookups run in threads; 10,000 hosts need more than asyncio's default
+DEFAULT_RESTART_DELAY = 2.0  # seconds before the supervisor starts a dead poller again
+HOLDER_VARIABLE = "SCOUT_POLLER_HOLDER"  # set by the supervisor for the poller processes it starts
 RESERVED_FILES = 256  # file descriptors kept for SQLite, logs, provider calls and lookups
 
 
@@ -134,7 +136,9 @@ class Poller:
             session=http_session(self.workers),
         )
         self.clock = clock
-        self.holder = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # A supervised poller inherits its supervisor's holder name, so a poller restarted
+        # after a crash renews its own lease at once instead of standing by until it expires.
+        self.holder = config.get(HOLDER_VARIABLE) or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._feed = None
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="poll")
 
@@ -259,19 +263,29 @@ class Poller:
             self._feed.close()
 
 
-def run_forever(config: Config, stop: threading.Event | None = None) -> None:
+def poll_interval(config: Config) -> float | None:
+    """SCOUT_POLL_INTERVAL seconds between cycle starts, for tests and drills; unset
+    (production) means every minute at second :30."""
+    raw = config.get("SCOUT_POLL_INTERVAL").strip()
+    return float(raw) if raw else None
+
+
+def run_forever(config: Config, stop: threading.Event | None = None, poller: Poller | None = None) -> None:
     """Run a cycle at second :30 of every minute until stopped (SIGTERM, SIGINT)."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    poller = Poller(config)
+    poller = poller or Poller(config)
     parent = os.getppid()
     scheduler = schedule.Scheduler()
+    interval = poll_interval(config)
     # schedule runs jobs one at a time in this thread: a cycle that overruns the
     # minute delays the next one instead of overlapping it
-    scheduler.every().minute.at(":30").do(poller.run_cycle)
-    log.info("poller started holder=%s; polling every minute at :30", poller.holder)
+    job = scheduler.every(interval).seconds if interval else scheduler.every().minute.at(":30")
+    job.do(poller.run_cycle)
+    when = f"every {interval:g} s" if interval else "every minute at :30"
+    log.info("poller started holder=%s; polling %s", poller.holder, when)
     try:
         while not stop.is_set():
             scheduler.run_pending()
@@ -300,6 +314,9 @@ def _poller_main() -> None:
 def _supervise(restart_delay: float) -> None:
     """Keep one poller process running; restart it if it dies."""
     context = multiprocessing.get_context("spawn")
+    # spawned children inherit the environment: each poller this supervisor starts
+    # holds the lease under the same name (see Poller.holder)
+    os.environ.setdefault(HOLDER_VARIABLE, f"{os.uname().nodename}:supervisor-{os.getpid()}")
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -318,10 +335,14 @@ def _supervise(restart_delay: float) -> None:
         stopping.wait(restart_delay)
 
 
-def supervisor_main(restart_delay: float = 2.0) -> None:
+def supervisor_main(restart_delay: float | None = None) -> None:
+    """The supervisor's entry point. SCOUT_RESTART_DELAY (seconds, default 2) is the
+    pause before a dead poller is started again."""
     from scout.logs import configure_logging
 
     configure_logging()
+    if restart_delay is None:
+        restart_delay = float(os.environ.get("SCOUT_RESTART_DELAY") or DEFAULT_RESTART_DELAY)
     _supervise(restart_delay)
 
 
