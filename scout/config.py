@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 
+DEFAULT_DB_PATH = "instance/scout.sqlite3"
+
+
 class ConfigError(Exception):
     """Configuration that Scout refuses to start with. The message names the variable."""
 
@@ -147,6 +150,36 @@ def _check_vonage(env: Mapping[str, str]) -> None:
     _check_base_url(env, "SCOUT_VONAGE_BASE_URL")
 
 
+def dev_secret_key(db_path: str) -> str:
+    """The session key for dev mode when SECRET_KEY is unset, kept beside the dev database.
+
+    Every gunicorn worker must sign sessions with the same key, or a sign-in made on one
+    worker is lost on the next request served by another. The first process to start writes
+    a random key; the others, and later restarts, read it, so dev sign-ins also survive a restart.
+    """
+    folder = os.path.dirname(os.path.abspath(db_path))
+    path = os.path.join(folder, "dev-secret-key")
+    os.makedirs(folder, exist_ok=True)
+    for _ in range(50):
+        try:
+            with open(path, encoding="ascii") as existing:
+                key = existing.read().strip()
+            if len(key) >= 32:
+                return key
+        except FileNotFoundError:
+            pass
+        draft = f"{path}.{os.getpid()}"
+        with open(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="ascii") as out:
+            out.write(os.urandom(32).hex())
+        try:
+            os.link(draft, path)  # atomic, and fails if another worker got there first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    raise ConfigError(f"{path} holds no usable key: delete it, or set SECRET_KEY.")
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Build the configuration from `env` (default: os.environ after loading `.env`)."""
     if env is None:
@@ -159,7 +192,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if not secret_key:
         if not dev:
             raise ConfigError("SECRET_KEY is not set: set it to a long random string (see .env.example).")
-        secret_key = os.urandom(32).hex()
+        secret_key = dev_secret_key(env.get("SCOUT_DB", "") or DEFAULT_DB_PATH)
     telephony = _choose_telephony(env)
     _check_telephony(env, telephony, dev)
     store = _choose_store(env)
@@ -177,7 +210,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         site_url=site_url or "http://127.0.0.1:8080",
         google_client_id=env.get("GOOGLE_CLIENT_ID", ""),
         store=store,
-        db_path=env.get("SCOUT_DB", "") or "instance/scout.sqlite3",
+        db_path=env.get("SCOUT_DB", "") or DEFAULT_DB_PATH,
         firebase_private_key=env.get("FIREBASE_PRIVATE_KEY", ""),
         telephony=telephony,
         wait_after_call=_int(env, "WAIT_AFTER_CALL", 120, minimum=1),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,3 +89,40 @@ def test_the_foreground_poller_stops_cleanly_on_sigterm_and_sigint(tmp_path: Pat
         out, _ = poller.communicate(timeout=15)
         assert poller.returncode == 0, seen + out
         assert "poller stopped" in out
+
+
+def test_a_dev_sign_in_holds_across_gunicorn_workers_without_a_secret_key(tmp_path: Path) -> None:
+    """`make run` sets no SECRET_KEY: every worker must still accept the others' session cookie."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env.update(SCOUT_DEV="1", SCOUT_DB=str(tmp_path / "s.sqlite3"), PORT=str(port), WEB_CONCURRENCY="3")
+    log = (tmp_path / "gunicorn.log").open("w+")
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "notifier:app"], cwd=ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                requests.get(f"{base}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        pages = []
+        for attempt in range(4):  # fresh connections, so the requests land on different workers
+            with requests.Session() as browser:
+                page = browser.get(f"{base}/", timeout=5).text
+                token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+                assert token, page
+                signed_in = browser.post(f"{base}/dev/login", timeout=5, data={
+                    "csrf_token": token.group(1), "email": f"ana{attempt}@example.com", "name": "Ana"})
+                assert signed_in.status_code == 200, Path(log.name).read_text()[-2000:]
+                for _ in range(6):
+                    pages.append(browser.get(f"{base}/", timeout=5, headers={"Connection": "close"}).text)
+        assert all("Sign out" in page for page in pages), Path(log.name).read_text()[-2000:]
+        key_file = tmp_path / "dev-secret-key"
+        assert len(key_file.read_text()) == 64 and key_file.stat().st_mode & 0o077 == 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        log.close()
