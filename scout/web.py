@@ -85,6 +85,12 @@ def get_store() -> Store:
     return store
 
 
+# A webhook reads the user's Nightscout before texting the contacts. Twilio waits 15 s for
+# an answer and gunicorn stops a worker after 30 s, so the read is bounded tighter than the
+# poller's; if it fails, the contacts are still texted, saying the site cannot be read.
+WEBHOOK_NIGHTSCOUT_TIMEOUT = (3.0, 5.0)
+
+
 def get_engine() -> "Engine":
     """The engine the telephony webhooks act through: this process's store and the
     configured messenger, created on first use (never before a fork)."""
@@ -96,7 +102,7 @@ def get_engine() -> "Engine":
 
         config = get_config()
         engine = Engine(store=get_store(), messenger=make_messenger(config), rules=rules_from(config),
-                        allow_private=config.dev)
+                        allow_private=config.dev, nightscout_timeout=WEBHOOK_NIGHTSCOUT_TIMEOUT)
         current_app.extensions["scout_engine"] = engine
     return engine
 

@@ -82,14 +82,20 @@ class Nightscout:
 
     def __init__(self, server: HTTPServer, *values: int, direction: str = "SingleDown") -> None:
         self.server, self.values, self.direction = server, values, direction
+        self.delay = 0.0
         server.expect_request("/api/v1/entries/sgv.json").respond_with_handler(self._answer)
 
     def show(self, *values: int, direction: str = "SingleDown") -> None:
         self.values, self.direction = values, direction
 
+    def hang(self, seconds: float) -> None:
+        """Answer only after `seconds`, as a site that has stopped responding."""
+        self.delay = seconds
+
     def _answer(self, _request: Request) -> Response:
         import json
 
+        time.sleep(self.delay)
         now_ms = int(time.time() * 1000)
         entries = [{"_id": f"id{i}", "type": "sgv", "sgv": v, "date": now_ms - 60_000 - 300_000 * i,
                     "direction": self.direction, "device": "xDrip"} for i, v in enumerate(self.values)]

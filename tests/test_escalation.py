@@ -3,6 +3,8 @@ and a local fake provider, the provider's signed webhooks say how the call ended
 the alert log shows who got what."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.fake_providers import FakeProviders
@@ -77,6 +79,19 @@ def test_every_call_not_acknowledged_texts_the_emergency_contact_and_the_extra_c
     assert len(scout.messages()) == 3
     call = next(e for e in scout.log() if e.kind == "call")
     assert call.outcome.startswith("unanswered: ")
+
+
+def test_a_hung_nightscout_does_not_hold_the_webhook_and_the_contacts_are_still_texted(scout: Scout) -> None:
+    scout.poll()
+    scout.nightscout.hang(7.0)  # longer than the webhook's 5 s read limit
+    started = time.monotonic()
+    status, digits, answered_by = OUTCOMES[scout.provider]["no-answer"]
+    assert all(code in (200, 204) for code in scout.finish_call(status, digits, answered_by))
+    assert time.monotonic() - started < 6.5  # inside the provider's 15 s webhook timeout
+    assert scout.who_got_what() == sorted([CALLED, *CONTACTS_TEXTED])
+    for entry in scout.log():
+        if entry.purpose == "contacts":
+            assert "Scout cannot read their Nightscout right now; their last alert was for a low." in entry.body
 
 
 def test_a_voicemail_then_the_end_of_the_call_texts_the_contacts_once(scout: Scout) -> None:
