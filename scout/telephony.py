@@ -13,6 +13,8 @@ import time
 from typing import Callable, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import requests
+
 from scout.messenger import TelephonyError
 
 log = logging.getLogger("scout.telephony")
@@ -54,6 +56,17 @@ def with_retries(operation: Callable[[], T], what: str, sleep: Callable[[float],
             log.warning("%s failed (%s); trying again in %.1f s", what, exc, delay)
             sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def transport_error(exc: Exception, what: str, provider: str) -> TelephonyError:
+    """What a failure below the provider's API means: a connection never made (nothing was
+    sent, so try again) or a request sent but not answered (it may have been carried out,
+    so it is not repeated now)."""
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return TelephonyError(f"{what}: {provider} did not answer within {REQUEST_TIMEOUT} s", code="timeout")
+    if isinstance(exc, requests.exceptions.ConnectionError):  # includes connect timeouts
+        return RetryableTelephonyError(f"{what}: could not reach {provider} ({exc})", code="unreachable")
+    return TelephonyError(f"{what}: {exc}", code="error")
 
 
 def is_e164(number: str) -> bool:

@@ -25,6 +25,7 @@ from scout.telephony import (
     RetryableTelephonyError,
     callback_url,
     rebase_url,
+    transport_error,
     with_retries,
 )
 
@@ -117,13 +118,8 @@ def twilio_request(operation: Callable[[], T], what: str) -> T:
         raise _error_from_twilio(exc.status, exc.code, exc.msg) from exc
     except TwilioServiceException as exc:
         raise _error_from_twilio(exc.status, exc.code, f"{exc.title}: {exc.detail or ''}".rstrip(": ")) from exc
-    except requests.exceptions.ReadTimeout as exc:
-        # the request reached Twilio, so it may have been carried out: not repeated now
-        raise TelephonyError(f"{what}: Twilio did not answer within {REQUEST_TIMEOUT} s", code="timeout") from exc
-    except requests.exceptions.ConnectionError as exc:  # includes connect timeouts: nothing was sent
-        raise RetryableTelephonyError(f"{what}: could not reach Twilio ({exc})", code="unreachable") from exc
     except (requests.exceptions.RequestException, TwilioException) as exc:
-        raise TelephonyError(f"{what}: {exc}", code="error") from exc
+        raise transport_error(exc, what, "Twilio") from exc
 
 
 class TwilioMessenger:

@@ -31,6 +31,7 @@ from scout.telephony import (
     RetryableTelephonyError,
     callback_url,
     digits_only,
+    transport_error,
     with_retries,
 )
 
@@ -123,13 +124,8 @@ def vonage_request(operation: Callable[[], T], what: str) -> T:
         where = ".".join(str(part) for part in first.get("loc", ()))
         raise TelephonyError(f"{what}: Vonage cannot send this ({where}: {first.get('msg', exc)})",
                              code="invalid-request", permanent=True) from exc
-    except requests.exceptions.ReadTimeout as exc:
-        # the request reached Vonage, so it may have been carried out: not repeated now
-        raise TelephonyError(f"{what}: Vonage did not answer within {REQUEST_TIMEOUT} s", code="timeout") from exc
-    except requests.exceptions.ConnectionError as exc:  # includes connect timeouts: nothing was sent
-        raise RetryableTelephonyError(f"{what}: could not reach Vonage ({exc})", code="unreachable") from exc
     except (requests.exceptions.RequestException, VonageError) as exc:
-        raise TelephonyError(f"{what}: {exc}", code="error") from exc
+        raise transport_error(exc, what, "Vonage") from exc
 
 
 class VonageMessenger:
