@@ -296,6 +296,18 @@ CREATE TABLE IF NOT EXISTS cycles (
 """
 
 
+def _sqlite_advice(exc: sqlite3.Error) -> str:
+    """What to do about a failed SQLite call, by its error code: the message alone
+    ("disk I/O error") does not say."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return " (another process held the write lock past the busy timeout; the poller tries again next cycle)"
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        return (" (check that the disk has free space and that the file, its -wal and -shm files and its folder "
+                "are writable; the poller tries again next cycle)")
+    return ""
+
+
 class SqliteStore:
     """The embedded store: one SQLite file shared by the web app and the poller."""
 
@@ -308,7 +320,7 @@ class SqliteStore:
         try:
             self._connection().executescript(SCHEMA)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {path} could not be opened: {exc}") from exc
+            raise StoreUnavailable(f"SQLite store {path} could not be opened: {exc}{_sqlite_advice(exc)}") from exc
 
     # connections: one per thread, opened lazily (so nothing crosses a fork)
     def _connection(self) -> sqlite3.Connection:
@@ -326,14 +338,15 @@ class SqliteStore:
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {self.path} is unavailable: {exc}") from exc
+            raise StoreUnavailable(f"SQLite store {self.path} is unavailable: {exc}{_sqlite_advice(exc)}") from exc
         try:
             yield db
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            raise StoreUnavailable(f"SQLite store {self.path} could not be written: {exc}") from exc
+            raise StoreUnavailable(
+                f"SQLite store {self.path} could not be written: {exc}{_sqlite_advice(exc)}") from exc
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
@@ -343,7 +356,7 @@ class SqliteStore:
         try:
             return self._connection().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {self.path} could not be read: {exc}") from exc
+            raise StoreUnavailable(f"SQLite store {self.path} could not be read: {exc}{_sqlite_advice(exc)}") from exc
 
     # users
     def get_user(self, user_id: str) -> User | None:

@@ -12,6 +12,9 @@ from typing import Mapping
 
 
 DEFAULT_DB_PATH = "instance/scout.sqlite3"
+# Seconds one Firestore request may take, retries included (see scout.firestore_store.bound_requests).
+DEFAULT_FIRESTORE_TIMEOUT = 10.0
+MAX_FIRESTORE_TIMEOUT = 300.0
 
 
 class ConfigError(Exception):
@@ -44,6 +47,7 @@ class Config:
     wait_after_call: int = 120
     failed_ping_limit: int = 60
     default_region: str = "US"
+    firestore_timeout: float = DEFAULT_FIRESTORE_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, default: str = "") -> str:
@@ -65,6 +69,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds such as 10, got {raw!r}.") from None
+    if not 0 < value <= maximum:
+        raise ConfigError(f"{name} must be more than 0 and at most {maximum:g} seconds, got {raw}.")
     return value
 
 
@@ -216,5 +233,6 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         wait_after_call=_int(env, "WAIT_AFTER_CALL", 120, minimum=1),
         failed_ping_limit=_int(env, failed_pings_name, 60, minimum=1),
         default_region=(env.get("SCOUT_DEFAULT_REGION", "") or "US").upper(),
+        firestore_timeout=_seconds(env, "SCOUT_FIRESTORE_TIMEOUT", DEFAULT_FIRESTORE_TIMEOUT, MAX_FIRESTORE_TIMEOUT),
         env=dict(env),
     )

@@ -50,6 +50,7 @@ from models import (
     is_tutorial_era,
     new_log_id,
 )
+from scout.config import DEFAULT_FIRESTORE_TIMEOUT
 
 log = logging.getLogger("scout.firestore")
 
@@ -65,6 +66,12 @@ GUARD_LIFETIME = dt.timedelta(days=7)  # a TTL policy on `expire_at` deletes gua
 MAX_BATCH_WRITES = 500  # Firestore's limit on the writes of one commit
 FIRST_SNAPSHOT_WAIT = 10.0  # seconds the poller waits for the listener's first snapshot
 DEFAULT_EMULATOR_PROJECT = "scout-local"
+# Seconds one Firestore request may take, its retries included: SCOUT_FIRESTORE_TIMEOUT, default
+# 10 (scout.config). The library's own limits are 60 s for a read or a commit and 300 s for a
+# query, retried on UNAVAILABLE all the while: a Firestore down or hung would hold a cycle for minutes.
+DEFAULT_TIMEOUT = DEFAULT_FIRESTORE_TIMEOUT
+TIMEOUT_VARIABLE = "SCOUT_FIRESTORE_TIMEOUT"
+LONG_LIVED_STREAMS = ("listen", "write")  # the user listener's stream stays open: no deadline
 
 
 class _AnonymousCredential(credentials.Base):
@@ -78,13 +85,59 @@ class WriteConflict(Exception):
     """Another writer changed the document between our read and our write."""
 
 
+def _first_error(exc: BaseException) -> BaseException:
+    """The error that started it. When a transaction fails, the library rolls it back, and a
+    rollback that cannot run (the transaction never began) raises a ValueError of its own
+    ("no transaction ID") with the real error only as its context: report the real one."""
+    while (isinstance(exc, ValueError) and exc.__cause__ is None and exc.__context__ is not None
+           and not exc.__suppress_context__):
+        exc = exc.__context__
+    return exc
+
+
+def _advice(exc: BaseException) -> str:
+    if isinstance(exc, (google_errors.RetryError, google_errors.ServiceUnavailable,
+                        google_errors.DeadlineExceeded, OSError)):
+        return (" (Firestore is unreachable or did not answer in time: check this server's network and "
+                "Firestore's status, or the emulator at FIRESTORE_EMULATOR_HOST if set. Each request is given up "
+                f"after {TIMEOUT_VARIABLE} seconds, default {DEFAULT_TIMEOUT:g}; the poller tries again next cycle)")
+    return ""
+
+
 @contextlib.contextmanager
 def _unavailable_on_error(action: str) -> Iterator[None]:
     """Turn Firestore's errors into StoreUnavailable, which the poller retries next cycle."""
     try:
         yield
     except (google_errors.GoogleAPIError, OSError, ValueError) as exc:  # ValueError: retries exhausted
-        raise StoreUnavailable(f"Firestore could not {action}: {exc}") from exc
+        first = _first_error(exc)
+        raise StoreUnavailable(f"Firestore could not {action}: {first}{_advice(first)}") from first
+
+
+def bound_requests(client: Any, timeout: float) -> bool:
+    """Give every request `client` makes a deadline of `timeout` seconds, retries included,
+    so a Firestore that is down or hung fails a cycle in bounded time instead of holding it.
+
+    The library's limits are set per method inside its transport, and cannot be passed to
+    the begin, commit and rollback calls a transaction makes on its own: they are
+    tightened there, keeping each method's choice of which errors to retry. The
+    long-lived streams (the snapshot listener) keep theirs. Returns False, with a warning,
+    if this version of the library is not laid out as expected."""
+    try:
+        transport = client._firestore_api.transport
+        streams = {getattr(transport, name) for name in LONG_LIVED_STREAMS}
+        for method, call in transport._wrapped_methods.items():
+            if method in streams:
+                continue
+            call._timeout = timeout if call._timeout is None else min(float(call._timeout), timeout)
+            if call._retry is not None:
+                call._retry = call._retry.with_timeout(timeout)
+    except (AttributeError, TypeError, ValueError) as exc:
+        log.warning("Firestore requests keep the library's own limits (up to 300 s each), not %s=%g: "
+                    "google-cloud-firestore is not laid out as Scout expects (%s). Pin the version in "
+                    "requirements.txt or update bound_requests.", TIMEOUT_VARIABLE, timeout, exc)
+        return False
+    return True
 
 
 # --- users: the tutorial's field names, Scout's values ------------------------------
@@ -216,9 +269,11 @@ class SnapshotUserFeed:
 class FirestoreStore:
     """Scout's store in Cloud Firestore (or the emulator when FIRESTORE_EMULATOR_HOST is set)."""
 
-    def __init__(self, credential_factory: Callable[[], credentials.Base], project_id: str) -> None:
+    def __init__(self, credential_factory: Callable[[], credentials.Base], project_id: str,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self.credential_factory = credential_factory
         self.project_id = project_id
+        self.timeout = timeout  # seconds one request may take, retries included
         self._lock = threading.Lock()
         self._app: firebase_admin.App | None = None
         self._db: Any = None
@@ -231,19 +286,20 @@ class FirestoreStore:
         credentials (on App Engine: the app's own service account)."""
         emulator = config.get("FIRESTORE_EMULATOR_HOST")
         project = config.get("GOOGLE_CLOUD_PROJECT")
+        timeout = float(getattr(config, "firestore_timeout", DEFAULT_TIMEOUT))
         if emulator:
             # the Firestore client reads the emulator address from the process environment only
             os.environ["FIRESTORE_EMULATOR_HOST"] = emulator
-            return cls(_AnonymousCredential, project or DEFAULT_EMULATOR_PROJECT)
+            return cls(_AnonymousCredential, project or DEFAULT_EMULATOR_PROJECT, timeout)
         key_path = config.firebase_private_key
         if key_path:
-            return cls(lambda: credentials.Certificate(key_path), project or _project_in_key(key_path))
+            return cls(lambda: credentials.Certificate(key_path), project or _project_in_key(key_path), timeout)
         if not project:
             raise StoreUnavailable(
                 "Firestore is selected but neither FIREBASE_PRIVATE_KEY (a service-account JSON file) "
                 "nor GOOGLE_CLOUD_PROJECT is set: set one of them (see README, Deploy)."
             )
-        return cls(credentials.ApplicationDefault, project)
+        return cls(credentials.ApplicationDefault, project, timeout)
 
     # --- the client: one per process, created on first use --------------------------
 
@@ -262,6 +318,7 @@ class FirestoreStore:
             self._app = firebase_admin.initialize_app(self.credential_factory(), {"projectId": self.project_id},
                                                       name=name)
             self._db = firestore.client(self._app)
+            bound_requests(self._db, self.timeout)
 
     def collection(self, name: str) -> Any:
         return self.db.collection(name)

@@ -140,4 +140,4 @@ def second_handle(store: Any) -> Any:
     """Another connection to the same data, as a second process would have."""
     if isinstance(store, SqliteStore):
         return SqliteStore(store.path)
-    return FirestoreStore(store.credential_factory, store.project_id)
+    return FirestoreStore(store.credential_factory, store.project_id, store.timeout)

@@ -56,6 +56,14 @@ def test_timing_variables_and_the_tutorial_alias_are_read() -> None:
         load_config({"SCOUT_DEV": "1", "WAIT_AFTER_CALL": "two minutes"})
 
 
+def test_the_firestore_request_timeout_is_read_and_checked() -> None:
+    assert load_config({"SCOUT_DEV": "1"}).firestore_timeout == 10.0
+    assert load_config({"SCOUT_DEV": "1", "SCOUT_FIRESTORE_TIMEOUT": "2.5"}).firestore_timeout == 2.5
+    for wrong in ("ten", "0", "-1", "301"):
+        with pytest.raises(ConfigError, match="SCOUT_FIRESTORE_TIMEOUT must be"):
+            load_config({"SCOUT_DEV": "1", "SCOUT_FIRESTORE_TIMEOUT": wrong})
+
+
 def test_firebase_credentials_select_firestore_and_scout_store_wins() -> None:
     assert load_config({"SCOUT_DEV": "1", "FIREBASE_PRIVATE_KEY": "/k.json"}).store == "firestore"
     assert load_config({"SCOUT_DEV": "1", "FIREBASE_PRIVATE_KEY": "/k.json", "SCOUT_STORE": "sqlite"}).store == "sqlite"

@@ -5,9 +5,11 @@ seconds; the speed of the poller is measured by `make bench`, not here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +23,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from models import SqliteStore
+from models import AlertState, SqliteStore
 from scout.config import Config, load_config
 from scout.poller import CycleSummary, Poller, run_forever
 from tests.conftest import dev_env, make_user
@@ -149,6 +151,60 @@ def test_a_locked_store_fails_one_cycle_loudly_and_the_next_cycle_alerts_with_no
         ("call", "alert", "sent"), ("sms", "contacts", "sent"), ("sms", "contacts", "sent"),
         ("whatsapp", "contacts", "sent"),
     ]
+
+
+@contextlib.contextmanager
+def disk_full(db_path: str) -> Iterator[int]:
+    """No file of this process may grow past the database's current size, as on a full disk.
+
+    The tests run as root, for whom file permissions stop nothing; a file-size limit
+    (RLIMIT_FSIZE) stops root too. SQLite in WAL mode appends every write to the -wal
+    file, so once no file may grow past the largest of the database's files, every write
+    fails (EFBIG, which SQLite reports as a disk I/O error). SIGXFSZ is ignored meanwhile,
+    or the kernel would kill the process instead of failing the write. Both are put back
+    whatever happens."""
+    size = max(os.path.getsize(path) for path in (db_path, db_path + "-wal") if os.path.exists(path))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+        yield size
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+@pytest.mark.parametrize("use_lease", [True, False], ids=["full-at-the-lease", "full-at-each-decision"])
+def test_a_full_disk_fails_one_cycle_loudly_and_the_next_cycle_alerts_with_nothing_lost(
+    config: Config, low_site: HTTPServer, caplog: pytest.LogCaptureFixture, use_lease: bool
+) -> None:
+    store = SqliteStore(config.db_path)
+    store.save_user(make_user(low_site.url_for("/")))
+    poller = Poller(config, store=store)
+    caplog.set_level(logging.INFO)
+    limit_before, handler_before = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    # only the cycle runs under the limit: pytest's own capture files must stay writable
+    with disk_full(config.db_path) as full_at:
+        failed = poller.run_cycle(use_lease=use_lease)
+        wal_after = os.path.getsize(config.db_path + "-wal")
+    assert resource.getrlimit(resource.RLIMIT_FSIZE) == limit_before
+    assert signal.getsignal(signal.SIGXFSZ) == handler_before
+    assert wal_after <= full_at  # the limit held: nothing was written past it
+    assert "could not be written" in failed.error and "disk" in failed.error, failed.error  # reported, not raised
+    assert store.user_log("sub-ana") == []  # nothing half-done: no action recorded without its state
+    assert store.get_state("sub-ana") == (AlertState(), 0)  # nor a state without its actions
+    cycle_lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith('{"acted"')]
+    assert cycle_lines and "disk" in cycle_lines[-1]["error"]
+
+    recovered = poller.run_cycle(use_lease=use_lease)
+    assert recovered.error == ""
+    assert calls_and_texts(store, "sub-ana") == [
+        ("call", "alert", "sent"), ("sms", "contacts", "sent"), ("sms", "contacts", "sent"),
+        ("whatsapp", "contacts", "sent"),
+    ]
+    poller.run_cycle(use_lease=use_lease)
+    assert len(store.user_log("sub-ana")) == 4  # and the cycle after sends nothing again
+    poller.close()
 
 
 # --- the telephony provider down ----------------------------------------------------------
