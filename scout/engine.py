@@ -77,19 +77,23 @@ class Engine:
     def poll_user(self, user: User, poll: PollResult | None = None) -> UserResult:
         """Fetch the user's readings (unless given), decide, record and send."""
         started = self.clock()
-        result = UserResult(user.id, user.email, ok=False)
         if poll is None:
             poll = self.fetch(user)
+        result, entries = self.record_poll(user, poll)
+        self.deliver(user, entries, poll, result)
+        result.elapsed = self.clock() - started
+        return result
+
+    def record_poll(self, user: User, poll: PollResult) -> tuple[UserResult, list[LogEntry]]:
+        """The first half of `poll_user`: decide on the poll and record the new state with
+        its actions, which are returned unsent (see `deliver`)."""
+        result = UserResult(user.id, user.email, ok=not isinstance(poll, PollFailure))
         if isinstance(poll, PollFailure):
             result.reason = poll.reason
-        else:
-            result.ok = True
         decision, entries = self._decide_and_record(user, poll)
         result.decided_at = self.clock()
         result.summary = decision.line
-        self._deliver(user, entries, poll, result)
-        result.elapsed = self.clock() - started
-        return result
+        return result, entries
 
     def decide_without_writing(self, user: User, poll: PollResult, state: AlertState) -> UserResult | None:
         """The result of a poll that changes nothing (no new state, no action), decided on
@@ -127,7 +131,9 @@ class Engine:
 
     # --- sending ------------------------------------------------------------------
 
-    def _deliver(self, user: User, entries: list[LogEntry], poll: PollResult, result: UserResult) -> None:
+    def deliver(self, user: User, entries: list[LogEntry], poll: PollResult, result: UserResult) -> None:
+        """The second half of `poll_user`: send recorded entries in order, counted in
+        `result`; a call whose outcome is known at once is acted on at once."""
         for entry in entries:
             outcome = self.send(entry, result)
             if outcome is not None:
@@ -207,7 +213,7 @@ class Engine:
         if poll is None:
             poll = self.fetch(user)
         decision, entries = self._decide_and_record(user, poll)
-        self._deliver(user, entries, poll, result or UserResult(user.id, user.email, ok=True))
+        self.deliver(user, entries, poll, result or UserResult(user.id, user.email, ok=True))
         if result is not None and decision.escalation:
             result.summary += f"; {decision.escalation}"
         return True

@@ -1,15 +1,19 @@
 """The poll cycle end to end: a SQLite file, a real local Nightscout, console telephony."""
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 from models import SqliteStore
 from scout.config import Config
-from scout.poller import Poller
+from scout.messenger import CallPlaced, ConsoleMessenger
+from scout.poller import Poller, collection_paused
 from tests.conftest import make_user
 from tests.test_nightscout import entries
 
@@ -115,3 +119,56 @@ def test_users_without_a_nightscout_url_or_phone_are_not_polled(config: Config, 
     store.save_user(make_user("", id="new", email="new@example.com"))
     summary = Poller(config, store=store).run_cycle()
     assert summary.results == []
+
+
+class HeldCalls(ConsoleMessenger):
+    """The console, except that the first call it places waits until released, as a
+    provider's API can take its time."""
+
+    def __init__(self) -> None:
+        self.placing = threading.Event()
+        self.release = threading.Event()
+        self.held_to = ""
+
+    def place_call(self, to: str, speech: str, call_key: str) -> CallPlaced:
+        if not self.placing.is_set():
+            self.held_to = to
+            self.placing.set()
+            assert self.release.wait(10), "the held call was never released"
+        return super().place_call(to, speech, call_key)
+
+
+def test_a_decision_is_recorded_while_another_users_alert_is_still_being_sent(
+    config: Config, store: SqliteStore, low_site: HTTPServer
+) -> None:
+    store.save_user(make_user(low_site.url_for("/"), id="ana", email="ana@example.com", phone="+14155550001"))
+    store.save_user(make_user(low_site.url_for("/"), id="ben", email="ben@example.com", phone="+14155550002"))
+    messenger = HeldCalls()
+    poller = Poller(config, store=store, messenger=messenger, workers=1)  # one thread records, one sends
+    with ThreadPoolExecutor(1) as background:
+        cycle = background.submit(poller.run_cycle)
+        try:
+            assert messenger.placing.wait(10)
+            held = "ana" if messenger.held_to == "+14155550001" else "ben"
+            other = "ben" if held == "ana" else "ana"
+            # the other user's call is decided and recorded, though the one sending thread is busy
+            deadline = time.monotonic() + 5
+            while not [e for e in store.user_log(other) if e.kind == "call"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert [(e.kind, e.status) for e in store.user_log(other) if e.kind == "call"] == [("call", "pending")]
+        finally:
+            messenger.release.set()
+        summary = cycle.result(10)
+    poller.close()
+    assert summary.error == "" and summary.counts["calls"] == 2 and summary.counts["messages"] == 6
+    assert all(e.status == "sent" for user in ("ana", "ben") for e in store.user_log(user))
+
+
+def test_automatic_garbage_collection_is_paused_only_while_a_cycle_fetches() -> None:
+    assert gc.isenabled()
+    with collection_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collection_paused():
+        raise RuntimeError("a cycle that fails")
+    assert gc.isenabled()
