@@ -13,7 +13,8 @@ import ipaddress
 import json
 import socket
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Iterable
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -79,20 +80,51 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _not_found(host: str, exc: Exception) -> str:
+    return f"The Nightscout host {host!r} could not be found ({exc}). Check the address."
+
+
+def _private(host: str, addresses: Iterable[str]) -> str | None:
+    """Why Scout refuses `host`, if any of its addresses is not public."""
+    private = sorted({a for a in addresses if not is_public_address(a)})
+    if not private:
+        return None
+    return (f"The Nightscout host {host!r} points to a private or internal address ({', '.join(private)}); "
+            "Scout only reads public Nightscout sites.")
+
+
 def check_public_host(host: str) -> None:
     """Refuse a host that is, or resolves to, a private, loopback, link-local or
     metadata address: Scout must not be used to reach inside its own network."""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
-        raise BadNightscoutURL(f"The Nightscout host {host!r} could not be found ({exc}). Check the address.") from None
-    addresses = {info[4][0] for info in infos}
-    private = sorted(a for a in addresses if not is_public_address(a))
-    if private:
-        raise BadNightscoutURL(
-            f"The Nightscout host {host!r} points to a private or internal address ({', '.join(private)}); "
-            "Scout only reads public Nightscout sites."
-        )
+        raise BadNightscoutURL(_not_found(host, exc)) from None
+    refusal = _private(host, (info[4][0] for info in infos))
+    if refusal:
+        raise BadNightscoutURL(refusal)
+
+
+def literal_address(host: str) -> str | None:
+    """The address a host names without any lookup: an IP literal, or one of the legacy
+    numeric IPv4 forms (2130706433, 127.1, 0x7f.1) that the C library also accepts."""
+    try:
+        return str(ipaddress.ip_address(host.split("%")[0]))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
+def check_public_literal(host: str) -> None:
+    """`check_public_host` for a host given as an address; a name passes (its addresses
+    are checked when it is looked up, see PublicOnlyResolver)."""
+    address = literal_address(host)
+    refusal = _private(host, [address]) if address is not None else None
+    if refusal:
+        raise BadNightscoutURL(refusal)
 
 
 def api_secret_header(secret: str) -> dict[str, str]:
@@ -130,16 +162,26 @@ def parse_entries(payload: Any) -> PollResult:
     return Readings(tuple(readings), error_codes)
 
 
-def _prepare(user: User, allow_private: bool, count: int) -> tuple[str, dict[str, str]] | PollFailure:
-    """The entries URL and headers for the user's site, or why Scout will not fetch it."""
+def _request(user: User, count: int) -> tuple[str, dict[str, str]] | PollFailure:
+    """The entries URL and headers for the user's site, or why it is no address to read."""
     try:
         site = parse_site(user.nightscout_url, user.nightscout_token)
-        if not allow_private:
-            check_public_host(site.host)
     except BadNightscoutURL as exc:
         return PollFailure("refused_url", str(exc))
     headers = {"Accept": "application/json", **api_secret_header(user.nightscout_api_secret)}
     return site.entries_url(count), headers
+
+
+def _prepare(user: User, allow_private: bool, count: int) -> tuple[str, dict[str, str]] | PollFailure:
+    """`_request`, once the site's host is checked (unless `allow_private`)."""
+    prepared = _request(user, count)
+    if isinstance(prepared, PollFailure) or allow_private:
+        return prepared
+    try:
+        check_public_host(urlsplit(prepared[0]).hostname or "")
+    except BadNightscoutURL as exc:
+        return PollFailure("refused_url", str(exc))
+    return prepared
 
 
 def _status_failure(status: int) -> PollFailure | None:
@@ -214,9 +256,40 @@ def fetch_readings(
 # of that CPU, so a hung site costs a socket, not a thread.
 
 
-def open_async_session(connections: int) -> aiohttp.ClientSession:
-    """A session for one poll cycle; call it inside the running event loop."""
-    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=60)
+class RefusedHost(OSError):
+    """A name Scout will not connect to: it has a private address, or none. An OSError,
+    so that aiohttp reports it as a failed lookup (ClientConnectorDNSError)."""
+
+
+class PublicOnlyResolver(aiohttp.ThreadedResolver):
+    """aiohttp's own name lookup, refusing a name with any private address among its
+    answers. The addresses checked are the ones connected to: one lookup per site, where
+    a check before the request would look the name up twice (and could be answered
+    differently the second time)."""
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+        try:
+            answers = await super().resolve(host, port, family)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise RefusedHost(_not_found(host, exc)) from None
+        refusal = _private(host, (answer["host"] for answer in answers))
+        if refusal:
+            raise RefusedHost(refusal)
+        return answers
+
+
+class PublicOnlyConnector(aiohttp.TCPConnector):
+    """A connector that looks names up with PublicOnlyResolver."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(resolver=PublicOnlyResolver(), **options)
+
+
+def open_async_session(connections: int, allow_private: bool = False) -> aiohttp.ClientSession:
+    """A session for one poll cycle; call it inside the running event loop. Unless
+    `allow_private` (dev mode), every name is checked as it is looked up."""
+    options: dict[str, Any] = dict(limit=connections, limit_per_host=0, ttl_dns_cache=60)
+    connector = aiohttp.TCPConnector(**options) if allow_private else PublicOnlyConnector(**options)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),  # one user's cookies never reach another's site
@@ -225,6 +298,22 @@ def open_async_session(connections: int) -> aiohttp.ClientSession:
         # every request, a fifth of the poller's CPU; Nightscout sites are reached directly
         trust_env=False,
     )
+
+
+@lru_cache(maxsize=16)
+def _client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    # an overall deadline as well: a site that trickles a byte every few seconds
+    # must not hold its user's poll past connect + read time
+    return aiohttp.ClientTimeout(total=connect_s + read_s, sock_connect=connect_s, sock_read=read_s)
+
+
+async def _check_host(session: aiohttp.ClientSession, host: str) -> None:
+    """Raise BadNightscoutURL for a host Scout must not fetch, outside dev mode."""
+    if isinstance(session.connector, PublicOnlyConnector):
+        check_public_literal(host)  # an address is not looked up: checked here; a name, at its lookup
+    else:
+        # the private-address check resolves the host: a blocking call, kept off the loop
+        await asyncio.get_running_loop().run_in_executor(None, check_public_host, host)
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
@@ -250,26 +339,23 @@ async def fetch_readings_async(
 ) -> PollResult:
     """`fetch_readings` on an asyncio loop: the same answers, the same typed failures.
     Never raises (except when cancelled)."""
-    loop = asyncio.get_running_loop()
-    if allow_private:
-        prepared = _prepare(user, allow_private, count)  # no name lookup: nothing blocks
-    else:
-        # the private-address check resolves the host: a blocking call, kept off the loop
-        prepared = await loop.run_in_executor(None, _prepare, user, allow_private, count)
+    prepared = _request(user, count)  # the host is checked below, or as it is looked up
     if isinstance(prepared, PollFailure):
         return prepared
     url, headers = prepared
     connect_s, read_s = timeout
-    # an overall deadline as well: a site that trickles a byte every few seconds
-    # must not hold its user's poll past connect + read time
-    limits = aiohttp.ClientTimeout(total=connect_s + read_s, sock_connect=connect_s, sock_read=read_s)
+    limits = _client_timeout(connect_s, read_s)
+    redirected = ""
     try:
+        if not allow_private:
+            await _check_host(session, urlsplit(url).hostname or "")
         for _redirect in range(MAX_REDIRECTS + 1):
             async with session.get(url, headers=headers, timeout=limits, allow_redirects=False) as response:
                 if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:
                     url = urljoin(url, response.headers["location"])
+                    redirected = "redirected: "
                     if not allow_private:
-                        await loop.run_in_executor(None, check_public_host, urlsplit(url).hostname or "")
+                        await _check_host(session, urlsplit(url).hostname or "")
                     continue
                 failure = _status_failure(response.status)
                 if failure is not None:
@@ -279,13 +365,17 @@ async def fetch_readings_async(
         else:
             return PollFailure("http_status", "too many redirects")
     except BadNightscoutURL as exc:
-        return PollFailure("refused_url", f"redirected: {exc}")
+        return PollFailure("refused_url", f"{redirected}{exc}")
     except aiohttp.ConnectionTimeoutError:
         return PollFailure("timeout", f"no connection within {connect_s:g} s")
     except aiohttp.SocketTimeoutError:
         return PollFailure("timeout", f"no answer within {read_s:g} s")
     except asyncio.TimeoutError:
         return PollFailure("timeout", f"no complete answer within {connect_s + read_s:g} s")
+    except aiohttp.ClientConnectorDNSError as exc:
+        if isinstance(exc.os_error, RefusedHost):
+            return PollFailure("refused_url", f"{redirected}{exc.os_error}")
+        return PollFailure("unreachable", type(exc).__name__)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         return PollFailure("unreachable", type(exc).__name__)
     return _decode(body)

@@ -239,7 +239,7 @@ class Poller:
             for index, user in queue:
                 decisions[index] = await self._fetch_then_decide(user, session, states)
 
-        async with open_async_session(self.connections) as session:
+        async with open_async_session(self.connections, allow_private=self.engine.allow_private) as session:
             await asyncio.gather(*(fetcher(session) for _ in range(min(self.connections, len(users)))))
         return [settled(decision) for decision in decisions if decision is not None]
 

@@ -1,16 +1,23 @@
 """The Nightscout client against a real local HTTP server."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
+from typing import Any
+
+import aiohttp
 
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from scout.nightscout import BadNightscoutURL, check_public_host, fetch_readings, parse_site
-from scout.readings import PollFailure, Readings
+from models import User
+from scout import nightscout
+from scout.nightscout import (BadNightscoutURL, PublicOnlyResolver, RefusedHost, check_public_host, fetch_readings,
+                              fetch_readings_async, open_async_session, parse_site)
+from scout.readings import PollFailure, PollResult, Readings
 from tests.conftest import make_user
 
 NOW_MS = int(time.time() * 1000)
@@ -140,4 +147,74 @@ def test_redirects_are_followed(httpserver: HTTPServer) -> None:
         "", 301, headers={"Location": httpserver.url_for("/moved/api/v1/entries/sgv.json?count=3")})
     httpserver.expect_request("/moved/api/v1/entries/sgv.json").respond_with_json(entries(101))
     result = fetch_readings(make_user(httpserver.url_for("/")), allow_private=True)
+    assert isinstance(result, Readings) and result.latest is not None and result.latest.mgdl == 101
+
+
+# --- the poller's concurrent client ----------------------------------------------
+
+
+def fetch_async(user: User, allow_private: bool, session_opener: Any = None, **options: Any) -> PollResult:
+    async def run() -> PollResult:
+        opener = session_opener or (lambda: open_async_session(10, allow_private=allow_private))
+        async with opener() as session:
+            return await fetch_readings_async(user, session, allow_private=allow_private, **options)
+    return asyncio.run(run())
+
+
+def test_the_poller_reads_the_same_entries(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v1/entries/sgv.json", query_string="count=3").respond_with_json(
+        entries(54, 62, 70, direction="SingleDown"))
+    result = fetch_async(make_user(httpserver.url_for("/")), allow_private=True)
+    assert isinstance(result, Readings) and [r.mgdl for r in result.readings] == [54, 62, 70]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1", "2130706433", "localhost", "[::1]"])
+def test_outside_dev_mode_the_poller_refuses_a_private_site_before_any_request(httpserver: HTTPServer,
+                                                                               host: str) -> None:
+    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(110))
+    result = fetch_async(make_user(f"http://{host}:{httpserver.port}/"), allow_private=False)
+    assert isinstance(result, PollFailure) and result.reason == "refused_url", result
+    assert "private or internal address" in result.detail and not result.detail.startswith("redirected")
+    assert httpserver.log == []
+
+
+def test_outside_dev_mode_the_poller_refuses_an_unknown_host() -> None:
+    result = fetch_async(make_user("http://nightscout.invalid/"), allow_private=False)
+    assert isinstance(result, PollFailure) and result.reason == "refused_url" and "could not be found" in result.detail
+
+
+def test_the_poller_checks_the_addresses_it_connects_to_as_it_looks_a_name_up() -> None:
+    async def resolve(host: str) -> Any:
+        return await PublicOnlyResolver().resolve(host, 80)
+
+    with pytest.raises(RefusedHost, match="private or internal address"):
+        asyncio.run(resolve("localhost"))
+
+
+def test_outside_dev_mode_a_session_of_its_own_is_checked_too(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(110))
+    result = fetch_async(make_user(httpserver.url_for("/").replace("127.0.0.1", "localhost")), allow_private=False,
+                         session_opener=lambda: aiohttp.ClientSession())
+    assert isinstance(result, PollFailure) and result.reason == "refused_url"
+    assert httpserver.log == []
+
+
+def test_outside_dev_mode_the_poller_refuses_a_redirect_into_a_private_network(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # this test's site stands for a public one: only 127.0.0.1 counts as public here
+    monkeypatch.setattr(nightscout, "is_public_address", lambda address: address == "127.0.0.1")
+    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_data(
+        "", 302, headers={"Location": f"http://127.0.0.2:{httpserver.port}/inside"})
+    result = fetch_async(make_user(httpserver.url_for("/")), allow_private=False)
+    assert isinstance(result, PollFailure) and result.reason == "refused_url"
+    assert result.detail.startswith("redirected: ") and "127.0.0.2" in result.detail
+    assert [request.path for request, _response in httpserver.log] == ["/api/v1/entries/sgv.json"]
+
+
+def test_outside_dev_mode_a_name_with_public_addresses_is_read(httpserver: HTTPServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nightscout, "is_public_address", lambda address: address == "127.0.0.1")
+    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(101))
+    result = fetch_async(make_user(f"http://localhost:{httpserver.port}/"), allow_private=False)
     assert isinstance(result, Readings) and result.latest is not None and result.latest.mgdl == 101
