@@ -42,7 +42,11 @@ from scout.readings import PollResult
 log = logging.getLogger("scout.poller")
 
 LEASE_NAME = "poller"
-LEASE_TTL = 150.0  # two and a half cycles: a dead holder is replaced within two cycles
+# The holder renews its lease at the start of every cycle. 110 s outlasts one renewal
+# interval with 50 s to spare (a late start, clocks a little apart), and expires before
+# the standby's second cycle after the holder's last renewal: a dead holder costs at
+# most one missed cycle, and its standby acts within two minutes.
+LEASE_TTL = 110.0
 # Threads that record, and as many again that send (a send to a provider blocks for a few
 # hundred ms). Only polls with something to record reach them; more threads only fight the
 # fetching loop for the GIL (measured with `make bench`: 200 threads cost a second of CPU
