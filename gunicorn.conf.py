@@ -7,7 +7,12 @@ import sys
 
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8080"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Pages and webhooks answer in well under a second; a worker stuck for 30 s is restarted.
+# Threads, so that a slow request does not hold a whole worker: "Check my Nightscout" may
+# wait up to 13 s for a hung site, and a telephony webhook texts up to six contacts, each
+# send bounded by the provider's timeout. A worker whose main loop stops answering for
+# `timeout` seconds is restarted; a long request in one thread does not count against it.
+worker_class = "gthread"
+threads = int(os.environ.get("SCOUT_WEB_THREADS", "8"))
 timeout = 30
 # App Engine allows 30 s between SIGTERM and SIGKILL: finish requests, then stop the poller.
 graceful_timeout = 20

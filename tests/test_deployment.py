@@ -8,8 +8,11 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,38 +94,105 @@ def test_the_foreground_poller_stops_cleanly_on_sigterm_and_sigint(tmp_path: Pat
         assert "poller stopped" in out
 
 
-def test_a_dev_sign_in_holds_across_gunicorn_workers_without_a_secret_key(tmp_path: Path) -> None:
-    """`make run` sets no SECRET_KEY: every worker must still accept the others' session cookie."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
-    env.update(SCOUT_DEV="1", SCOUT_DB=str(tmp_path / "s.sqlite3"), PORT=str(port), WEB_CONCURRENCY="3")
-    log = (tmp_path / "gunicorn.log").open("w+")
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "notifier:app"], cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+class Gunicorn:
+    """`gunicorn notifier:app` as `make run` starts it, on a free port, in dev mode."""
+
+    def __init__(self, tmp_path: Path, **settings: str) -> None:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}  # `make run` sets none
+        env.update(SCOUT_DEV="1", SCOUT_DB=str(tmp_path / "s.sqlite3"), PORT=str(port), **settings)
+        self.log = (tmp_path / "gunicorn.log").open("w+")
+        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", "notifier:app"], cwd=ROOT, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 30
-        while time.time() < deadline:
+        while True:
             try:
-                requests.get(f"{base}/healthz", timeout=2)
-                break
+                requests.get(f"{self.base}/healthz", timeout=2)
+                return
             except requests.ConnectionError:
+                if time.time() > deadline:
+                    raise AssertionError(f"gunicorn did not answer within 30 s:\n{self.output()}") from None
                 time.sleep(0.2)
-        pages = []
-        for attempt in range(4):  # fresh connections, so the requests land on different workers
-            with requests.Session() as browser:
-                page = browser.get(f"{base}/", timeout=5).text
-                token = re.search(r'name="csrf_token" value="([^"]+)"', page)
-                assert token, page
-                signed_in = browser.post(f"{base}/dev/login", timeout=5, data={
-                    "csrf_token": token.group(1), "email": f"ana{attempt}@example.com", "name": "Ana"})
-                assert signed_in.status_code == 200, Path(log.name).read_text()[-2000:]
-                for _ in range(6):
-                    pages.append(browser.get(f"{base}/", timeout=5, headers={"Connection": "close"}).text)
-        assert all("Sign out" in page for page in pages), Path(log.name).read_text()[-2000:]
-        key_file = tmp_path / "dev-secret-key"
-        assert len(key_file.read_text()) == 64 and key_file.stat().st_mode & 0o077 == 0
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()[-3000:]
+
+    def sign_in(self, browser: requests.Session, email: str) -> str:
+        """Sign in with the dev form; returns the settings page's CSRF token."""
+        page = browser.get(f"{self.base}/", timeout=5).text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token, page
+        signed_in = browser.post(f"{self.base}/dev/login", timeout=5, data={
+            "csrf_token": token.group(1), "email": email, "name": "Ana"})
+        assert signed_in.status_code == 200, self.output()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', signed_in.text)
+        assert token, signed_in.text
+        return token.group(1)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+        self.log.close()
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    started: list[Gunicorn] = []
+
+    def start(**settings: str) -> Gunicorn:
+        started.append(Gunicorn(tmp_path, **settings))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_a_dev_sign_in_holds_across_gunicorn_workers_without_a_secret_key(
+    tmp_path: Path, gunicorn: Callable[..., Gunicorn]
+) -> None:
+    """`make run` sets no SECRET_KEY: every worker must still accept the others' session cookie."""
+    server = gunicorn(WEB_CONCURRENCY="3")
+    pages = []
+    for attempt in range(4):  # fresh connections, so the requests land on different workers
+        with requests.Session() as browser:
+            server.sign_in(browser, f"ana{attempt}@example.com")
+            for _ in range(6):
+                pages.append(browser.get(f"{server.base}/", timeout=5, headers={"Connection": "close"}).text)
+    assert all("Sign out" in page for page in pages), server.output()
+    key_file = tmp_path / "dev-secret-key"
+    assert len(key_file.read_text()) == 64 and key_file.stat().st_mode & 0o077 == 0
+
+
+def test_a_request_waiting_on_a_hung_nightscout_does_not_hold_up_the_others(
+    gunicorn: Callable[..., Gunicorn]
+) -> None:
+    """One worker: while "Check my Nightscout" waits for a site that never answers, the
+    worker's other threads still serve pages and health checks."""
+    hung_site = socket.socket()
+    hung_site.bind(("127.0.0.1", 0))
+    hung_site.listen(8)  # accepts connections, never answers
+    server = gunicorn(WEB_CONCURRENCY="1")
+    try:
+        with requests.Session() as browser:
+            token = server.sign_in(browser, "ana@example.com")
+            saved = browser.post(f"{server.base}/", timeout=5, data={
+                "csrf_token": token, "nightscout_url": f"http://127.0.0.1:{hung_site.getsockname()[1]}",
+                "phone": "+14155550100", "emergency_contact": "+14155550101", "emergency_channel": "sms",
+                "units": "mg/dL", "low": "70", "high": "240"})
+            assert "Saved." in saved.text, saved.text
+            with ThreadPoolExecutor(1) as pool:
+                check = pool.submit(browser.post, f"{server.base}/check-nightscout", data={"csrf_token": token},
+                                    timeout=30)
+                time.sleep(1.0)
+                assert not check.done()  # still waiting for the hung site
+                started = time.monotonic()
+                assert requests.get(f"{server.base}/healthz", timeout=5).status_code in (200, 503)
+                assert "Sign out" in requests.get(f"{server.base}/", timeout=5, cookies=browser.cookies).text
+                assert time.monotonic() - started < 2.0
+                assert not check.done()
+                answer = check.result()
+        assert "did not answer" in answer.text or "timed out" in answer.text.lower(), answer.text[-3000:]
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
-        log.close()
+        hung_site.close()
