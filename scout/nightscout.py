@@ -14,7 +14,7 @@ import json
 import socket
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -84,9 +84,10 @@ def _not_found(host: str, exc: Exception) -> str:
     return f"The Nightscout host {host!r} could not be found ({exc}). Check the address."
 
 
-def _private(host: str, addresses: Iterable[str]) -> str | None:
+def _private(host: str, addresses: Iterable[str],
+             is_public: Callable[[str], bool] = is_public_address) -> str | None:
     """Why Scout refuses `host`, if any of its addresses is not public."""
-    private = sorted({a for a in addresses if not is_public_address(a)})
+    private = sorted({a for a in addresses if not is_public(a)})
     if not private:
         return None
     return (f"The Nightscout host {host!r} points to a private or internal address ({', '.join(private)}); "
@@ -118,11 +119,11 @@ def literal_address(host: str) -> str | None:
         return None
 
 
-def check_public_literal(host: str) -> None:
+def check_public_literal(host: str, is_public: Callable[[str], bool] = is_public_address) -> None:
     """`check_public_host` for a host given as an address; a name passes (its addresses
     are checked when it is looked up, see PublicOnlyResolver)."""
     address = literal_address(host)
-    refusal = _private(host, [address]) if address is not None else None
+    refusal = _private(host, [address], is_public) if address is not None else None
     if refusal:
         raise BadNightscoutURL(refusal)
 
@@ -267,29 +268,37 @@ class PublicOnlyResolver(aiohttp.ThreadedResolver):
     a check before the request would look the name up twice (and could be answered
     differently the second time)."""
 
+    def __init__(self, is_public: Callable[[str], bool] = is_public_address) -> None:
+        super().__init__()
+        self.is_public = is_public
+
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
         try:
             answers = await super().resolve(host, port, family)
         except (socket.gaierror, UnicodeError) as exc:
             raise RefusedHost(_not_found(host, exc)) from None
-        refusal = _private(host, (answer["host"] for answer in answers))
+        refusal = _private(host, (answer["host"] for answer in answers), self.is_public)
         if refusal:
             raise RefusedHost(refusal)
         return answers
 
 
 class PublicOnlyConnector(aiohttp.TCPConnector):
-    """A connector that looks names up with PublicOnlyResolver."""
+    """A connector that looks names up with PublicOnlyResolver, and says which addresses
+    count as public for the hosts given as addresses (see _check_host)."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(resolver=PublicOnlyResolver(), **options)
+    def __init__(self, is_public: Callable[[str], bool] = is_public_address, **options: Any) -> None:
+        super().__init__(resolver=PublicOnlyResolver(is_public), **options)
+        self.is_public = is_public
 
 
-def open_async_session(connections: int, allow_private: bool = False) -> aiohttp.ClientSession:
+def open_async_session(connections: int, allow_private: bool = False,
+                       is_public: Callable[[str], bool] = is_public_address) -> aiohttp.ClientSession:
     """A session for one poll cycle; call it inside the running event loop. Unless
-    `allow_private` (dev mode), every name is checked as it is looked up."""
+    `allow_private` (dev mode), every address connected to must pass `is_public`: a name's
+    as it is looked up, an address's before the request."""
     options: dict[str, Any] = dict(limit=connections, limit_per_host=0, ttl_dns_cache=60)
-    connector = aiohttp.TCPConnector(**options) if allow_private else PublicOnlyConnector(**options)
+    connector = aiohttp.TCPConnector(**options) if allow_private else PublicOnlyConnector(is_public, **options)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),  # one user's cookies never reach another's site
@@ -310,7 +319,7 @@ def _client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
 async def _check_host(session: aiohttp.ClientSession, host: str) -> None:
     """Raise BadNightscoutURL for a host Scout must not fetch, outside dev mode."""
     if isinstance(session.connector, PublicOnlyConnector):
-        check_public_literal(host)  # an address is not looked up: checked here; a name, at its lookup
+        check_public_literal(host, session.connector.is_public)  # an address is not looked up: checked here; a name, at its lookup
     else:
         # the private-address check resolves the host: a blocking call, kept off the loop
         await asyncio.get_running_loop().run_in_executor(None, check_public_host, host)

@@ -14,7 +14,6 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from models import User
-from scout import nightscout
 from scout.nightscout import (BadNightscoutURL, PublicOnlyResolver, RefusedHost, check_public_host, fetch_readings,
                               fetch_readings_async, open_async_session, parse_site)
 from scout.readings import PollFailure, PollResult, Readings
@@ -199,22 +198,23 @@ def test_outside_dev_mode_a_session_of_its_own_is_checked_too(httpserver: HTTPSe
     assert httpserver.log == []
 
 
-def test_outside_dev_mode_the_poller_refuses_a_redirect_into_a_private_network(
-    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # this test's site stands for a public one: only 127.0.0.1 counts as public here
-    monkeypatch.setattr(nightscout, "is_public_address", lambda address: address == "127.0.0.1")
+def only_127_0_0_1_is_public() -> aiohttp.ClientSession:
+    """The poller's session, for which this test's site stands for a public one."""
+    return open_async_session(10, is_public=lambda address: address == "127.0.0.1")
+
+
+def test_outside_dev_mode_the_poller_refuses_a_redirect_into_a_private_network(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_data(
         "", 302, headers={"Location": f"http://127.0.0.2:{httpserver.port}/inside"})
-    result = fetch_async(make_user(httpserver.url_for("/")), allow_private=False)
+    result = fetch_async(make_user(httpserver.url_for("/")), allow_private=False,
+                         session_opener=only_127_0_0_1_is_public)
     assert isinstance(result, PollFailure) and result.reason == "refused_url"
     assert result.detail.startswith("redirected: ") and "127.0.0.2" in result.detail
     assert [request.path for request, _response in httpserver.log] == ["/api/v1/entries/sgv.json"]
 
 
-def test_outside_dev_mode_a_name_with_public_addresses_is_read(httpserver: HTTPServer,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nightscout, "is_public_address", lambda address: address == "127.0.0.1")
+def test_outside_dev_mode_a_name_with_public_addresses_is_read(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(101))
-    result = fetch_async(make_user(f"http://localhost:{httpserver.port}/"), allow_private=False)
+    result = fetch_async(make_user(f"http://localhost:{httpserver.port}/"), allow_private=False,
+                         session_opener=only_127_0_0_1_is_public)
     assert isinstance(result, Readings) and result.latest is not None and result.latest.mgdl == 101
