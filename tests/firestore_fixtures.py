@@ -48,7 +48,16 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _start_emulator(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def stop_emulator(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def start_emulator(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed: the Firestore tests need Node.js 18+ for the emulator.")
@@ -74,7 +83,7 @@ def _start_emulator(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
 @pytest.fixture(scope="session")
 def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The emulator's host:port, also set as FIRESTORE_EMULATOR_HOST for this session."""
-    process, port = _start_emulator(tmp_path_factory.mktemp("emulator") / "emulator.log")
+    process, port = start_emulator(tmp_path_factory.mktemp("emulator") / "emulator.log")
     host = f"127.0.0.1:{port}"
     previous = os.environ.get("FIRESTORE_EMULATOR_HOST")
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
@@ -85,12 +94,7 @@ def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
             os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
         else:
             os.environ["FIRESTORE_EMULATOR_HOST"] = previous
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_emulator(process)
 
 
 def firestore_env(tmp_path: Any, emulator_host: str, **extra: str) -> dict[str, str]:

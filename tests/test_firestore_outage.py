@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from scout.config import Config, load_config
 from scout.firestore_store import FirestoreStore
 from scout.poller import CycleSummary, Poller
 from tests.conftest import make_user
-from tests.firestore_fixtures import _start_emulator, firestore_env
+from tests.firestore_fixtures import firestore_env, start_emulator, stop_emulator
 from tests.test_nightscout import entries
 
 pytestmark = pytest.mark.emulator
@@ -262,17 +261,12 @@ def test_firestore_unreachable_fails_one_cycle_in_bounded_time_and_the_next_aler
 @contextlib.contextmanager
 def dedicated_emulator(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """An emulator of this test's own (the session's must not be frozen): host and pid."""
-    process, port = _start_emulator(tmp_path / "frozen-emulator.log")
+    process, port = start_emulator(tmp_path / "frozen-emulator.log")
     try:
         yield f"127.0.0.1:{port}", process.pid
     finally:
         os.kill(process.pid, signal.SIGCONT)  # a stopped process would not act on SIGTERM
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_emulator(process)
 
 
 @pytest.mark.parametrize("when", ["at-the-lease", "mid-cycle"])
