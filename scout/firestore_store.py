@@ -66,10 +66,10 @@ GUARD_LIFETIME = dt.timedelta(days=7)  # a TTL policy on `expire_at` deletes gua
 MAX_BATCH_WRITES = 500  # Firestore's limit on the writes of one commit
 FIRST_SNAPSHOT_WAIT = 10.0  # seconds the poller waits for the listener's first snapshot
 DEFAULT_EMULATOR_PROJECT = "scout-local"
-# Seconds one Firestore request may take, its retries included: SCOUT_FIRESTORE_TIMEOUT, default
-# 10 (scout.config). The library's own limits are 60 s for a read or a commit and 300 s for a
-# query, retried on UNAVAILABLE all the while: a Firestore down or hung would hold a cycle for minutes.
-DEFAULT_TIMEOUT = DEFAULT_FIRESTORE_TIMEOUT
+# Seconds one Firestore request may take, its retries included, are SCOUT_FIRESTORE_TIMEOUT
+# (default DEFAULT_FIRESTORE_TIMEOUT, scout.config). The library's own limits are 60 s for a read
+# or a commit and 300 s for a query, retried on UNAVAILABLE all the while: a Firestore down or
+# hung would hold a cycle for minutes.
 TIMEOUT_VARIABLE = "SCOUT_FIRESTORE_TIMEOUT"
 LONG_LIVED_STREAMS = ("listen", "write")  # the user listener's stream stays open: no deadline
 
@@ -100,7 +100,7 @@ def _advice(exc: BaseException) -> str:
                         google_errors.DeadlineExceeded, OSError)):
         return (" (Firestore is unreachable or did not answer in time: check this server's network and "
                 "Firestore's status, or the emulator at FIRESTORE_EMULATOR_HOST if set. Each request is given up "
-                f"after {TIMEOUT_VARIABLE} seconds, default {DEFAULT_TIMEOUT:g}; the poller tries again next cycle)")
+                f"after {TIMEOUT_VARIABLE} seconds, default {DEFAULT_FIRESTORE_TIMEOUT:g}; the poller tries again next cycle)")
     return ""
 
 
@@ -270,7 +270,7 @@ class FirestoreStore:
     """Scout's store in Cloud Firestore (or the emulator when FIRESTORE_EMULATOR_HOST is set)."""
 
     def __init__(self, credential_factory: Callable[[], credentials.Base], project_id: str,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_FIRESTORE_TIMEOUT) -> None:
         self.credential_factory = credential_factory
         self.project_id = project_id
         self.timeout = timeout  # seconds one request may take, retries included
@@ -286,7 +286,7 @@ class FirestoreStore:
         credentials (on App Engine: the app's own service account)."""
         emulator = config.get("FIRESTORE_EMULATOR_HOST")
         project = config.get("GOOGLE_CLOUD_PROJECT")
-        timeout = float(getattr(config, "firestore_timeout", DEFAULT_TIMEOUT))
+        timeout = config.firestore_timeout
         if emulator:
             # the Firestore client reads the emulator address from the process environment only
             os.environ["FIRESTORE_EMULATOR_HOST"] = emulator
