@@ -18,6 +18,14 @@ def dev_env(tmp_path: Any, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
+def scratch_cwd(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run in an empty folder: `load_config` in dev mode without SECRET_KEY keeps a key
+    beside the default database (instance/), which must land here, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def config(tmp_path: Any) -> Config:
     return load_config(dev_env(tmp_path))
 

@@ -10,6 +10,8 @@ import pytest
 
 from scout.config import ConfigError, load_config
 
+pytestmark = pytest.mark.usefixtures("scratch_cwd")
+
 PROD = {"SECRET_KEY": "k", "SITE_URL": "https://scout.example.org", "GOOGLE_CLIENT_ID": "id.apps.googleusercontent.com",
         "SCOUT_TELEPHONY": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t", "TWILIO_NUMBER": "+15005550006"}
 
@@ -54,6 +56,18 @@ def test_timing_variables_and_the_tutorial_alias_are_read() -> None:
                        ).failed_ping_limit == 10
     with pytest.raises(ConfigError, match="WAIT_AFTER_CALL must be a whole number"):
         load_config({"SCOUT_DEV": "1", "WAIT_AFTER_CALL": "two minutes"})
+
+
+def test_without_a_secret_key_dev_mode_keeps_one_key_beside_the_database(scratch_cwd: Path) -> None:
+    first = load_config({"SCOUT_DEV": "1"}).secret_key
+    assert load_config({"SCOUT_DEV": "1"}).secret_key == first  # every worker, every restart
+    assert (scratch_cwd / "instance" / "dev-secret-key").read_text() == first and len(first) == 64
+    elsewhere = scratch_cwd / "elsewhere" / "scout.sqlite3"
+    other = load_config({"SCOUT_DEV": "1", "SCOUT_DB": str(elsewhere)}).secret_key
+    assert other != first and (elsewhere.parent / "dev-secret-key").read_text() == other
+    (elsewhere.parent / "dev-secret-key").write_text("short")
+    with pytest.raises(ConfigError, match="holds no usable key: delete it, or set SECRET_KEY"):
+        load_config({"SCOUT_DEV": "1", "SCOUT_DB": str(elsewhere)})
 
 
 def test_the_firestore_request_timeout_is_read_and_checked() -> None:

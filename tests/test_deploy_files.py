@@ -17,6 +17,8 @@ import pytest
 from scout.config import load_config
 from tests.firestore_fixtures import firestore_env
 
+pytestmark = pytest.mark.usefixtures("scratch_cwd")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
