@@ -5,14 +5,24 @@ import json
 import os
 import sys
 
+
+def _count(name, default):  # noqa: ANN001, ANN202
+    """A positive whole number from the environment, or Scout's one-line refusal."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        print(f"Scout cannot start: {name} must be a whole number of at least 1, got {raw!r}.", file=sys.stderr)
+        sys.exit(2)
+    return int(raw)
+
+
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8080"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = _count("WEB_CONCURRENCY", 2)
 # Threads, so that a slow request does not hold a whole worker: "Check my Nightscout" may
 # wait up to 13 s for a hung site, and a telephony webhook texts up to six contacts, each
 # send bounded by the provider's timeout. A worker whose main loop stops answering for
 # `timeout` seconds is restarted; a long request in one thread does not count against it.
 worker_class = "gthread"
-threads = int(os.environ.get("SCOUT_WEB_THREADS", "8"))
+threads = _count("SCOUT_WEB_THREADS", 8)
 timeout = 30
 # App Engine allows 30 s between SIGTERM and SIGKILL: finish requests, then stop the poller.
 graceful_timeout = 20
