@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models import Contact, SqliteStore, User
+from models import Contact, User
+from scout.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = ROOT / "bench-results.json"

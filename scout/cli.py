@@ -8,7 +8,7 @@ from typing import Any
 import click
 from flask import Flask
 
-from scout.web import get_config, get_store
+from scout.context import get_config, get_store
 
 
 def register_commands(app: Flask) -> None:

@@ -12,7 +12,7 @@ from typing import Mapping
 
 
 DEFAULT_DB_PATH = "instance/scout.sqlite3"
-# Seconds one Firestore request may take, retries included (see scout.firestore_store.bound_requests).
+# Seconds one Firestore request may take, retries included (see scout.store.firestore.bound_requests).
 DEFAULT_FIRESTORE_TIMEOUT = 10.0
 MAX_FIRESTORE_TIMEOUT = 300.0
 

@@ -17,7 +17,7 @@ import requests
 
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
 from scout.alerts import UNANSWERED, Action, Decision, Rules, decide, record_call_outcome
-from scout.messenger import Messenger, TelephonyError
+from scout.telephony.base import Messenger, TelephonyError
 from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings
 from scout.readings import PollFailure, PollResult
 

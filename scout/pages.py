@@ -19,7 +19,7 @@ from models import MAX_EXTRA_CONTACTS, LogEntry, User
 from scout.config import Config
 from scout.readings import PollFailure, Readings, format_value
 from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, read_settings
-from scout.web import current_user_id, get_config, get_store
+from scout.context import current_user_id, get_config, get_store
 
 bp = Blueprint("pages", __name__)
 log = logging.getLogger("scout.pages")
@@ -225,7 +225,7 @@ def place_test_call(user: User, now: float) -> tuple[str, str]:
     alerts. The key holds the 2-minute window, so two requests racing past the log
     check still record (and send) one call."""
     from scout.engine import Engine
-    from scout.messenger import make_messenger
+    from scout.telephony import make_messenger
 
     store = get_store()
     key = f"test:{user.id}:{int(now // TEST_CALL_INTERVAL)}"

@@ -31,11 +31,13 @@ from requests.adapters import HTTPAdapter
 
 import aiohttp
 
-from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User, open_store
+from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User
+from scout.store import open_store
 from scout.alerts import Rules
 from scout.config import Config
 from scout.engine import Engine, UserResult
-from scout.messenger import Messenger, make_messenger
+from scout.telephony.base import Messenger
+from scout.telephony import make_messenger
 from scout.nightscout import fetch_readings_async, open_async_session
 from scout.readings import PollResult
 

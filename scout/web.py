@@ -3,17 +3,17 @@ the dev sign-in and a simulated Nightscout."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, jsonify
 from flask_wtf.csrf import CSRFProtect
 
-from models import Store, open_store
+from models import Store
+from scout import devtools, pages, webhooks
+from scout.cli import register_commands
 from scout.config import Config, load_config
+from scout.context import get_store
 from scout.logs import configure_logging
-
-if TYPE_CHECKING:
-    from scout.engine import Engine
 
 HEALTHY_WITHIN = 180.0  # /healthz fails when no poll cycle finished in the last 3 minutes
 
@@ -40,71 +40,23 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     app.jinja_env.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
     csrf.init_app(app)
 
-    from scout import devtools, pages
-
     app.register_blueprint(pages.bp)
     csrf.exempt("scout.pages.login")  # Google sign-in carries its own double-submit token
     if config.dev:
         app.register_blueprint(devtools.bp)
-    _register_webhooks(app)
+    app.register_blueprint(webhooks.bp)
+    csrf.exempt(webhooks.bp)  # provider callbacks are verified by their signatures instead
     app.add_url_rule("/healthz", "healthz", healthz)
     app.after_request(_security_headers)
 
-    from scout.cli import register_commands
-
     register_commands(app)
     return app
-
-
-def _register_webhooks(app: Flask) -> None:
-    try:
-        from scout import webhooks
-    except ImportError:  # the telephony webhooks module is optional in a bare checkout
-        return
-    app.register_blueprint(webhooks.bp)
-    csrf.exempt(webhooks.bp)
 
 
 def _project_root() -> str:
     import os
 
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def get_config() -> Config:
-    config: Config = current_app.config["SCOUT"]
-    return config
-
-
-def get_store() -> Store:
-    """The store for this process, opened on first use (never before a fork)."""
-    store = current_app.extensions.get("scout_store")
-    if store is None:
-        store = open_store(get_config())
-        current_app.extensions["scout_store"] = store
-    return store
-
-
-# A webhook reads the user's Nightscout before texting the contacts. Twilio waits 15 s for
-# an answer and gunicorn stops a worker after 30 s, so the read is bounded tighter than the
-# poller's; if it fails, the contacts are still texted, saying the site cannot be read.
-WEBHOOK_NIGHTSCOUT_TIMEOUT = (3.0, 5.0)
-
-
-def get_engine() -> "Engine":
-    """The engine the telephony webhooks act through: this process's store and the
-    configured messenger, created on first use (never before a fork)."""
-    engine = current_app.extensions.get("scout_engine")
-    if engine is None:
-        from scout.engine import Engine
-        from scout.messenger import make_messenger
-        from scout.poller import rules_from
-
-        config = get_config()
-        engine = Engine(store=get_store(), messenger=make_messenger(config), rules=rules_from(config),
-                        allow_private=config.dev, nightscout_timeout=WEBHOOK_NIGHTSCOUT_TIMEOUT)
-        current_app.extensions["scout_engine"] = engine
-    return engine
 
 
 def healthz() -> tuple[Response, int]:
@@ -133,11 +85,3 @@ def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")
     return response
-
-
-def current_user_id() -> str | None:
-    from flask import session
-
-    value = session.get("user_id")
-    return value if isinstance(value, str) else None
-

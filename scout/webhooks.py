@@ -24,9 +24,9 @@ from twilio.request_validator import RequestValidator
 
 from models import LogEntry, StoreUnavailable
 from scout.alerts import ACKNOWLEDGED, UNANSWERED
-from scout.twilio_messenger import acknowledged_twiml, ask_again_twiml, no_key_twiml
-from scout.vonage_messenger import acknowledged_ncco, ask_again_ncco, inbound_ncco, no_key_ncco
-from scout.web import get_config, get_engine, get_store
+from scout.telephony.twilio import acknowledged_twiml, ask_again_twiml, no_key_twiml
+from scout.telephony.vonage import acknowledged_ncco, ask_again_ncco, inbound_ncco, no_key_ncco
+from scout.context import get_config, get_engine, get_store
 
 log = logging.getLogger("scout.webhooks")
 

@@ -8,7 +8,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from models import SqliteStore, User
+from scout.store.sqlite import SqliteStore
+from models import User
 from scout.config import Config, load_config
 from scout.web import create_app
 

@@ -16,17 +16,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from models import SqliteStore
+from scout.store.sqlite import SqliteStore
 from scout.config import Config, load_config
-from scout.firestore_store import (
-    ALERT_LOG,
-    ALERT_STATES,
-    CYCLES,
-    LEASES,
-    USERS,
-    WRITE_GUARDS,
-    FirestoreStore,
-)
+from scout.store.firestore import ALERT_LOG, ALERT_STATES, CYCLES, LEASES, USERS, WRITE_GUARDS, FirestoreStore
 
 EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
 EMULATOR_PROJECT = "scout-test"

@@ -16,7 +16,8 @@ from flask.testing import FlaskClient
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from models import LogEntry, SqliteStore
+from models import LogEntry
+from scout.store.sqlite import SqliteStore
 from scout.config import Config, load_config
 from scout.poller import Poller
 from scout.web import create_app

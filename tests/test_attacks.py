@@ -9,7 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from models import Contact, SqliteStore, User
+from models import Contact, User
+from scout.store.sqlite import SqliteStore
 from scout.config import load_config
 from scout.web import create_app
 from tests.conftest import DevAuth, csrf_token, dev_env

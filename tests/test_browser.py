@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 from werkzeug.serving import make_server
 
-from models import SqliteStore
+from scout.store.sqlite import SqliteStore
 from scout.config import load_config
 from scout.web import create_app
 from tests.conftest import dev_env

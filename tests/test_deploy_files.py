@@ -75,7 +75,7 @@ def test_a_service_account_file_names_the_project(tmp_path: Path) -> None:
     config = load_config({"SCOUT_DEV": "1", "SECRET_KEY": "x", "FIREBASE_PRIVATE_KEY": str(key)})
     assert config.store == "firestore"
     assert gunicorn_conf().firestore_settings_problem(config) is None
-    from scout.firestore_store import FirestoreStore
+    from scout.store.firestore import FirestoreStore
 
     assert FirestoreStore.from_config(config).project_id == "scout-prod"  # no client is created
 

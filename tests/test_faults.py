@@ -23,7 +23,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from models import AlertState, SqliteStore
+from models import AlertState
+from scout.store.sqlite import SqliteStore
 from scout.config import Config, load_config
 from scout.poller import CycleSummary, Poller, run_forever
 from tests.conftest import dev_env, make_user

@@ -27,7 +27,7 @@ from werkzeug import Request, Response
 
 from models import AlertState, StoreUnavailable
 from scout.config import Config, load_config
-from scout.firestore_store import FirestoreStore
+from scout.store.firestore import FirestoreStore
 from scout.poller import CycleSummary, Poller
 from tests.conftest import make_user
 from tests.firestore_fixtures import firestore_env, start_emulator, stop_emulator

@@ -11,7 +11,7 @@ from pytest_httpserver import HTTPServer
 
 from models import Contact, User
 from scout.config import Config
-from scout.firestore_store import USERS, FirestoreStore
+from scout.store.firestore import USERS, FirestoreStore
 from scout.poller import Poller
 from scout.web import create_app
 from tests.conftest import make_user

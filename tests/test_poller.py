@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pytest_httpserver import HTTPServer
 
-from models import SqliteStore
+from scout.store.sqlite import SqliteStore
 from scout.config import Config
-from scout.messenger import CallPlaced, ConsoleMessenger
+from scout.telephony.base import CallPlaced
+from scout.telephony.console import ConsoleMessenger
 from scout.poller import Poller, collection_paused
 from tests.conftest import make_user
 from tests.test_nightscout import entries

@@ -18,7 +18,8 @@ from flask.testing import FlaskClient
 from google.auth import crypt, jwt
 from pytest_httpserver import HTTPServer
 
-from models import Contact, SqliteStore, User
+from models import Contact, User
+from scout.store.sqlite import SqliteStore
 from scout.config import load_config
 from scout.web import create_app
 from tests.conftest import dev_env

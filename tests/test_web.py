@@ -8,7 +8,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from models import CycleRecord, SqliteStore
+from models import CycleRecord
+from scout.store.sqlite import SqliteStore
 from scout.config import load_config
 from scout.web import create_app
 from tests.conftest import DevAuth, csrf_token, dev_env
@@ -272,7 +273,8 @@ def test_a_test_call_is_placed_logged_shown_and_limited_to_one_per_two_minutes(
 def test_a_test_call_refused_by_the_provider_says_why(
     client: FlaskClient, auth: DevAuth, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scout.messenger import ConsoleMessenger, TelephonyError
+    from scout.telephony.console import ConsoleMessenger
+    from scout.telephony.base import TelephonyError
 
     def refuse(self: object, to: str, speech: str, call_key: str) -> object:
         raise TelephonyError("The 'To' number is not a valid phone number", code="21211", permanent=True)

@@ -23,8 +23,8 @@ from vonage_messages.models import Sms, WhatsappText
 from vonage_utils.errors import VonageError
 from vonage_voice.models import CreateCallRequest, Dtmf, Input, Phone, Talk, ToPhone
 
-from scout.messenger import PRESS_ONE, CallPlaced, TelephonyError, call_script
-from scout.telephony import (
+from scout.telephony.base import PRESS_ONE, CallPlaced, TelephonyError, call_script
+from scout.telephony.http import (
     REQUEST_TIMEOUT,
     VONAGE_EVENT_PATH,
     VONAGE_INPUT_PATH,

@@ -17,8 +17,8 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
-from scout.messenger import PRESS_ONE, CallPlaced, TelephonyError, call_script
-from scout.telephony import (
+from scout.telephony.base import PRESS_ONE, CallPlaced, TelephonyError, call_script
+from scout.telephony.http import (
     REQUEST_TIMEOUT,
     TWILIO_GATHER_PATH,
     TWILIO_STATUS_PATH,

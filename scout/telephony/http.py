@@ -1,8 +1,8 @@
 """Plumbing shared by the Twilio and Vonage backends: request timeouts, bounded
 retries, phone-number shapes and the callback URLs an alert call carries.
 
-The backends themselves live in scout/twilio_messenger.py and
-scout/vonage_messenger.py; the webhooks that receive the callbacks in
+The backends themselves live in scout/telephony/twilio.py and
+scout/telephony/vonage.py; the webhooks that receive the callbacks in
 scout/webhooks.py.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 
-from scout.messenger import TelephonyError
+from scout.telephony.base import TelephonyError
 
 log = logging.getLogger("scout.telephony")
 

@@ -1,0 +1,313 @@
+"""The embedded store: one SQLite file shared by the web app and the poller."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Iterator
+
+from models import (
+    AlertState,
+    CycleRecord,
+    LogEntry,
+    StoreUnavailable,
+    User,
+    UserFeed,
+    new_log_id,
+)
+
+
+class _RereadingFeed:
+    """A user feed that simply re-reads the users: right for a local SQLite file."""
+
+    def __init__(self, store: "SqliteStore") -> None:
+        self._store = store
+
+    def users(self) -> list[User]:
+        return self._store.list_users()
+
+    def close(self) -> None:
+        pass
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    data TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS users_email ON users (email);
+CREATE TABLE IF NOT EXISTS alert_state (
+    user_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_log (
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    provider_id TEXT NOT NULL DEFAULT '',
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_log_user ON alert_log (user_id, created_at);
+CREATE INDEX IF NOT EXISTS alert_log_provider ON alert_log (provider_id);
+CREATE INDEX IF NOT EXISTS alert_log_unsent ON alert_log (status);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    finished_at REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+"""
+
+
+def _sqlite_advice(exc: sqlite3.Error) -> str:
+    """What to do about a failed SQLite call, by its error code: the message alone
+    ("disk I/O error") does not say."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return " (another process held the write lock past the busy timeout; the poller tries again next cycle)"
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        return (" (check that the disk has free space and that the file, its -wal and -shm files and its folder "
+                "are writable; the poller tries again next cycle)")
+    return ""
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file shared by the web app and the poller."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._local = threading.local()
+        # One writer at a time in this process. SQLite lets one connection write at a time
+        # anyway, but a connection that finds the file locked sleeps in its busy handler
+        # (1, 2, 5 ... 100 ms) whether or not the lock is freed meanwhile: with the poller's
+        # threads writing at once, a write took twice as long, and the bench's 500
+        # out-of-range users were decided up to a second later. Waiting on this lock
+        # instead, the next writer starts as soon as the last one commits. Writers in other
+        # processes (the web app) are still waited for by SQLite's busy timeout.
+        self._write_lock, self._write_lock_pid = threading.Lock(), os.getpid()
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            self._connection().executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {path} could not be opened: {exc}{_sqlite_advice(exc)}") from exc
+
+    # connections: one per thread, opened lazily (so nothing crosses a fork)
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._write_lock_pid != os.getpid():  # a forked child: no writer of the parent's is running here
+            self._write_lock, self._write_lock_pid = threading.Lock(), os.getpid()
+        lock = self._write_lock
+        if not lock.acquire(timeout=self.timeout):
+            raise StoreUnavailable(f"SQLite store {self.path} is unavailable: other writes in this process held it "
+                                   f"for over {self.timeout:g} s")
+        try:
+            with self._locked_transaction() as db:
+                yield db
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
+    def _locked_transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path} is unavailable: {exc}{_sqlite_advice(exc)}") from exc
+        try:
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise StoreUnavailable(
+                f"SQLite store {self.path} could not be written: {exc}{_sqlite_advice(exc)}") from exc
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path} could not be read: {exc}{_sqlite_advice(exc)}") from exc
+
+    # users
+    def get_user(self, user_id: str) -> User | None:
+        rows = self._query("SELECT data FROM users WHERE id = ?", (user_id,))
+        return User.from_dict(json.loads(rows[0][0])) if rows else None
+
+    def find_user_by_email(self, email: str) -> User | None:
+        rows = self._query("SELECT data FROM users WHERE email = ? LIMIT 1", (email,))
+        return User.from_dict(json.loads(rows[0][0])) if rows else None
+
+    def save_user(self, user: User) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO users (id, email, data, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET email = excluded.email, data = excluded.data, "
+                "updated_at = excluded.updated_at",
+                (user.id, user.email, json.dumps(user.as_dict()), time.time()),
+            )
+
+    def delete_user(self, user_id: str) -> None:
+        with self._transaction() as db:
+            for table, column in (("users", "id"), ("alert_state", "user_id"), ("alert_log", "user_id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,))
+
+    def list_users(self) -> list[User]:
+        return [User.from_dict(json.loads(data)) for (data,) in self._query("SELECT data FROM users ORDER BY id")]
+
+    def user_feed(self) -> UserFeed:
+        return _RereadingFeed(self)
+
+    # alert state
+    def get_state(self, user_id: str) -> tuple[AlertState, int]:
+        rows = self._query("SELECT data, version FROM alert_state WHERE user_id = ?", (user_id,))
+        if not rows:
+            return AlertState(), 0
+        return AlertState.from_dict(json.loads(rows[0][0])), int(rows[0][1])
+
+    def all_states(self) -> dict[str, AlertState]:
+        """Every stored alert state in one query. The poller reads them once per cycle to
+        skip, without a round trip each, the users whose poll changes nothing. Optional in
+        the Store interface: a store without it is read user by user."""
+        return {user_id: AlertState.from_dict(json.loads(data))
+                for user_id, data in self._query("SELECT user_id, data FROM alert_state")}
+
+    def commit(self, user_id: str, state: AlertState | None, version: int, entries: list[LogEntry]) -> bool:
+        """Write `state` (if given) and record `entries`, all or nothing.
+
+        Returns False, writing nothing, when the state changed since `version` was read.
+        Entries whose key is already recorded are skipped: an action is recorded once.
+        """
+        with self._transaction() as db:
+            if state is not None:
+                row = db.execute("SELECT version FROM alert_state WHERE user_id = ?", (user_id,)).fetchone()
+                if (int(row[0]) if row else 0) != version:
+                    return False
+                db.execute(
+                    "INSERT INTO alert_state (user_id, version, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, data = excluded.data",
+                    (user_id, version + 1, json.dumps(state.as_dict())),
+                )
+            for entry in entries:
+                entry = entry if entry.id else replace(entry, id=new_log_id())
+                db.execute(
+                    "INSERT OR IGNORE INTO alert_log (key, id, user_id, created_at, status, provider_id, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (entry.key, entry.id, entry.user_id, entry.created_at, entry.status, entry.provider_id,
+                     json.dumps(entry.as_dict())),
+                )
+        return True
+
+    # alert log
+    def _entries(self, sql: str, args: tuple[Any, ...]) -> list[LogEntry]:
+        return [LogEntry(**json.loads(data)) for (data,) in self._query(sql, args)]
+
+    def get_log(self, key: str) -> LogEntry | None:
+        found = self._entries("SELECT data FROM alert_log WHERE key = ?", (key,))
+        return found[0] if found else None
+
+    def update_log(self, key: str, **changes: Any) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM alert_log WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return
+            entry = replace(LogEntry(**json.loads(row[0])), **changes, updated_at=time.time())
+            db.execute(
+                "UPDATE alert_log SET status = ?, provider_id = ?, data = ? WHERE key = ?",
+                (entry.status, entry.provider_id, json.dumps(entry.as_dict()), key),
+            )
+
+    def claim_log(self, key: str, now: float, hold: float) -> LogEntry | None:
+        """Take an unsent entry for sending, so two processes never send it both.
+        Returns None if it is sent, refused for good, or being sent by someone else."""
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM alert_log WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            entry = LogEntry(**json.loads(row[0]))
+            if not entry.claimable or entry.claimed_until > now:
+                return None
+            entry = replace(entry, status="sending", claimed_until=now + hold, attempts=entry.attempts + 1,
+                            updated_at=now)
+            db.execute("UPDATE alert_log SET status = ?, data = ? WHERE key = ?",
+                       (entry.status, json.dumps(entry.as_dict()), key))
+        return entry
+
+    def find_log_by_provider_id(self, provider_id: str) -> LogEntry | None:
+        if not provider_id:
+            return None
+        found = self._entries("SELECT data FROM alert_log WHERE provider_id = ? LIMIT 1", (provider_id,))
+        return found[0] if found else None
+
+    def user_log(self, user_id: str, limit: int = 50) -> list[LogEntry]:
+        return self._entries(
+            "SELECT data FROM alert_log WHERE user_id = ? ORDER BY created_at DESC LIMIT ?", (user_id, limit)
+        )
+
+    def unsent_log(self) -> list[LogEntry]:
+        """Every entry not yet sent, of all users, oldest first: one query per cycle."""
+        return self._entries(
+            "SELECT data FROM alert_log WHERE status IN ('pending', 'failed', 'sending') ORDER BY created_at", ()
+        )
+
+    # lease and cycles
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row and row[0] != holder and row[1] > now:
+                return False
+            db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                (name, holder, now + ttl),
+            )
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def record_cycle(self, record: CycleRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO cycles (id, finished_at, summary) VALUES (1, ?, ?) ON CONFLICT (id) "
+                "DO UPDATE SET finished_at = excluded.finished_at, summary = excluded.summary",
+                (record.finished_at, json.dumps(record.summary)),
+            )
+
+    def last_cycle(self) -> CycleRecord | None:
+        rows = self._query("SELECT finished_at, summary FROM cycles WHERE id = 1")
+        return CycleRecord(rows[0][0], json.loads(rows[0][1])) if rows else None
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
