@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.installed
 	SCOUT_DEV=1 $(BIN)/gunicorn notifier:app
 
-test: $(VENV)/.installed-dev
+# ruff and mypy, configured in pyproject.toml; `make test` runs this first.
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	bash scripts/test-deps.sh
 	$(BIN)/python -m pytest
 
@@ -28,4 +33,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.poll_cycle
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache test-artifacts
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache test-artifacts

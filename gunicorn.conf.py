@@ -6,7 +6,7 @@ import os
 import sys
 
 
-def _count(name, default):  # noqa: ANN001, ANN202
+def _count(name, default):
     """A positive whole number from the environment, or Scout's one-line refusal."""
     raw = os.environ.get(name, "").strip() or str(default)
     if not raw.isdigit() or int(raw) < 1:
@@ -33,7 +33,7 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "*")
 _supervisor = None
 
 
-def firestore_settings_problem(config):  # noqa: ANN001, ANN201
+def firestore_settings_problem(config):
     """Why the Firestore settings cannot work, or None. Checked here without importing the
     Firestore client: gRPC must not be loaded in the master before it forks the workers."""
     if config.store != "firestore" or config.get("FIRESTORE_EMULATOR_HOST"):
@@ -54,7 +54,7 @@ def firestore_settings_problem(config):  # noqa: ANN001, ANN201
     return None
 
 
-def on_starting(server):  # noqa: ANN001 - gunicorn's hook signature
+def on_starting(server):
     """Check the configuration before any worker starts, then start the poller."""
     global _supervisor
     from scout.config import ConfigError, load_config
@@ -75,7 +75,7 @@ def on_starting(server):  # noqa: ANN001 - gunicorn's hook signature
         server.log.info("Scout poller supervisor started (pid %s)", _supervisor.pid)
 
 
-def on_exit(server):  # noqa: ANN001
+def on_exit(server):
     """Stop the poller with the server; it releases its lease, so a poller on another
     instance takes over at its next cycle."""
     if _supervisor is not None and _supervisor.poll() is None:

@@ -25,7 +25,7 @@ class Contact:
         return {"phone": self.phone, "channel": self.channel}
 
     @classmethod
-    def from_value(cls, value: Any) -> "Contact | None":
+    def from_value(cls, value: Any) -> Contact | None:
         """Read a contact as Scout stores it, or as a bare number (the tutorial's shape)."""
         if isinstance(value, dict) and value.get("phone"):
             channel = value.get("channel", "sms")
@@ -73,7 +73,7 @@ class User:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "User":
+    def from_dict(cls, data: dict[str, Any]) -> User:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["emergency_contact"] = Contact.from_value(data.get("emergency_contact"))
@@ -125,7 +125,7 @@ class AlertState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "AlertState":
+    def from_dict(cls, data: dict[str, Any] | None) -> AlertState:
         if not data:
             return cls()
         data = dict(data)
@@ -137,7 +137,7 @@ class AlertState:
             state.episode = Episode(**episode, call=CallRecord(**call) if call else None)
         return state
 
-    def copy(self) -> "AlertState":
+    def copy(self) -> AlertState:
         """A deep copy. Written out rather than through as_dict: the poller copies every
         user's state every minute, and this is ten times faster."""
         ep = self.episode

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
-
 
 DEFAULT_DB_PATH = "instance/scout.sqlite3"
 # Seconds one Firestore request may take, retries included (see scout.store.firestore.bound_requests).

@@ -34,14 +34,14 @@ def get_store() -> Store:
 WEBHOOK_NIGHTSCOUT_TIMEOUT = (3.0, 5.0)
 
 
-def get_engine() -> "Engine":
+def get_engine() -> Engine:
     """The engine the telephony webhooks act through: this process's store and the
     configured messenger, created on first use (never before a fork)."""
     engine = current_app.extensions.get("scout_engine")
     if engine is None:
         from scout.engine import Engine
-        from scout.telephony import make_messenger
         from scout.poller import rules_from
+        from scout.telephony import make_messenger
 
         config = get_config()
         engine = Engine(store=get_store(), messenger=make_messenger(config), rules=rules_from(config),

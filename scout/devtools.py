@@ -7,8 +7,8 @@ import time
 from flask import Blueprint, abort, flash, jsonify, redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from scout.pages import find_or_create_user, sign_in
 from scout.context import get_config
+from scout.pages import find_or_create_user, sign_in
 
 bp = Blueprint("devtools", __name__, url_prefix="/dev")
 

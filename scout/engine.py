@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
 from scout.alerts import UNANSWERED, Action, Decision, Rules, decide, record_call_outcome
-from scout.telephony.base import Messenger, TelephonyError
 from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings
 from scout.readings import PollFailure, PollResult
+from scout.telephony.base import Messenger, TelephonyError
 
 log = logging.getLogger("scout.engine")
 

@@ -5,8 +5,9 @@ that fails is reported with the reason and not imported. Nothing is dropped sile
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from models import MAX_EXTRA_CONTACTS, Contact, Store, User, is_tutorial_era
 from scout.nightscout import BadNightscoutURL, parse_site
@@ -129,12 +130,13 @@ def import_users(store: Store, records: Iterable[tuple[str, Any]], region: str, 
     results, seen = [], {}  # type: list[ImportResult], dict[str, str]
     for index, (doc_id, document) in enumerate(records, start=1):
         result = _check_record(index, doc_id, document, region, seen)
-        if result.user is not None:
-            current = store.find_user_by_email(result.user.email)
-            if current is not None and current.id != result.user.id and not is_tutorial_era(current):
+        user = result.user
+        if user is not None:
+            current = store.find_user_by_email(user.email)
+            if current is not None and current.id != user.id and not is_tutorial_era(current):
                 result = ImportResult(result.label, problem=f"already signed in with Google as user {current.id}; "
                                                             "their current settings are kept")
             elif not dry_run:
-                store.save_user(result.user)
+                store.save_user(user)
         results.append(result)
     return results

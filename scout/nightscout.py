@@ -12,9 +12,10 @@ import hashlib
 import ipaddress
 import json
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -101,7 +102,7 @@ def check_public_host(host: str) -> None:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise BadNightscoutURL(_not_found(host, exc)) from None
-    refusal = _private(host, (info[4][0] for info in infos))
+    refusal = _private(host, (str(info[4][0]) for info in infos))
     if refusal:
         raise BadNightscoutURL(refusal)
 
@@ -147,6 +148,8 @@ def parse_entries(payload: Any) -> PollResult:
             continue
         sgv, date = entry.get("sgv"), entry.get("date")
         if isinstance(sgv, bool) or isinstance(date, bool):
+            continue
+        if sgv is None or date is None:
             continue
         try:
             mgdl, at = int(float(sgv)), float(date) / 1000.0
@@ -237,7 +240,7 @@ def fetch_readings(
         return PollFailure("refused_url", f"redirected: {exc}")
     except requests.exceptions.ConnectTimeout:
         return PollFailure("timeout", f"no connection within {timeout[0]:g} s")
-    except (requests.exceptions.ReadTimeout, TimeoutError, socket.timeout):
+    except (requests.exceptions.ReadTimeout, TimeoutError):
         return PollFailure("timeout", f"no answer within {timeout[1]:g} s")
     except requests.exceptions.RequestException as exc:
         return PollFailure("unreachable", type(exc).__name__)
@@ -379,7 +382,7 @@ async def fetch_readings_async(
         return PollFailure("timeout", f"no connection within {connect_s:g} s")
     except aiohttp.SocketTimeoutError:
         return PollFailure("timeout", f"no answer within {read_s:g} s")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return PollFailure("timeout", f"no complete answer within {connect_s + read_s:g} s")
     except aiohttp.ClientConnectorDNSError as exc:
         if isinstance(exc.os_error, RefusedHost):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,9 +18,9 @@ from werkzeug.wrappers import Response
 
 from models import MAX_EXTRA_CONTACTS, LogEntry, User
 from scout.config import Config
+from scout.context import current_user_id, get_config, get_store
 from scout.readings import PollFailure, Readings, format_value
 from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, read_settings
-from scout.context import current_user_id, get_config, get_store
 
 bp = Blueprint("pages", __name__)
 log = logging.getLogger("scout.pages")
@@ -96,7 +97,7 @@ def page_data() -> dict[str, Any]:
     """What the page's own script needs, handed over as JSON (rendered with `tojson`)."""
     return {
         "maxContacts": MAX_EXTRA_CONTACTS,
-        "defaults": {units: dict(zip(("low", "high"), default_thresholds(units))) for units in UNITS},
+        "defaults": {units: dict(zip(("low", "high"), default_thresholds(units), strict=True)) for units in UNITS},
         "mgdlPerMmol": 18.0,
     }
 
@@ -356,9 +357,9 @@ def verify_google_token(credential: str, config: Config) -> dict[str, Any] | Non
     return dict(claims)
 
 
-def _with_timeout(request_method):  # type: ignore[no-untyped-def]
+def _with_timeout(request_method: Callable[..., Any]) -> Callable[..., Any]:
     """requests has no session-wide timeout; google-auth sets none when fetching the keys."""
-    def bounded(method, url, **kwargs):  # type: ignore[no-untyped-def]
+    def bounded(method: str, url: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", 10)
         return request_method(method, url, **kwargs)
 

@@ -21,25 +21,25 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
+import aiohttp
 import requests
 import schedule
 from requests.adapters import HTTPAdapter
 
-import aiohttp
-
-from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User
-from scout.store import open_store
+from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User, UserFeed
 from scout.alerts import Rules
 from scout.config import Config
 from scout.engine import Engine, UserResult
-from scout.telephony.base import Messenger
-from scout.telephony import make_messenger
 from scout.nightscout import fetch_readings_async, open_async_session
 from scout.readings import PollResult
+from scout.store import open_store
+from scout.telephony import make_messenger
+from scout.telephony.base import Messenger
 
 log = logging.getLogger("scout.poller")
 
@@ -180,7 +180,7 @@ class Poller:
         # A supervised poller inherits its supervisor's holder name, so a poller restarted
         # after a crash renews its own lease at once instead of standing by until it expires.
         self.holder = config.get(HOLDER_VARIABLE) or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._feed = None
+        self._feed: UserFeed | None = None
         # Recording and sending have threads of their own, so that a decision to record
         # never waits behind other users' sends (a send to a provider blocks for a few
         # hundred ms; with 500 users to alert at once, 64 threads are busy for seconds).
@@ -353,21 +353,27 @@ def run_forever(config: Config, stop: threading.Event | None = None, poller: Pol
             signal.signal(signum, lambda *_: stop.set())
     poller = poller or Poller(config)
     parent = os.getppid()
-    scheduler = schedule.Scheduler()
     interval = poll_interval(config)
-    # schedule runs jobs one at a time in this thread: a cycle that overruns the
-    # minute delays the next one instead of overlapping it
-    job = scheduler.every(interval).seconds if interval else scheduler.every().minute.at(":30")
-    job.do(poller.run_cycle)
+    # Cycles run one at a time in this thread: a cycle that overruns the minute delays the
+    # next one instead of overlapping it.
+    scheduler = schedule.Scheduler()
+    scheduler.every().minute.at(":30").do(poller.run_cycle)
+    next_drill = time.monotonic()  # SCOUT_POLL_INTERVAL: seconds between cycle starts (drills)
     when = f"every {interval:g} s" if interval else "every minute at :30"
     log.info("poller started holder=%s; polling %s", poller.holder, when)
     try:
         while not stop.is_set():
-            scheduler.run_pending()
+            if interval:
+                if time.monotonic() >= next_drill:
+                    next_drill = time.monotonic() + interval
+                    poller.run_cycle()
+                idle: float | None = next_drill - time.monotonic()
+            else:
+                scheduler.run_pending()
+                idle = scheduler.idle_seconds
             if os.getppid() != parent:
                 log.warning("the process that started the poller is gone; stopping")
                 break
-            idle = scheduler.idle_seconds
             stop.wait(min(1.0, max(0.05, idle if idle is not None else 1.0)))
     finally:
         poller.release()

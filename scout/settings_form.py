@@ -7,8 +7,8 @@ row on the page (`extra_contacts-2` is the third row), so the message lands next
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
 
 import phonenumbers
 from werkzeug.datastructures import MultiDict

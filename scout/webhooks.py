@@ -24,9 +24,9 @@ from twilio.request_validator import RequestValidator
 
 from models import LogEntry, StoreUnavailable
 from scout.alerts import ACKNOWLEDGED, UNANSWERED
+from scout.context import get_config, get_engine, get_store
 from scout.telephony.twilio import acknowledged_twiml, ask_again_twiml, no_key_twiml
 from scout.telephony.vonage import acknowledged_ncco, ask_again_ncco, inbound_ncco, no_key_ncco
-from scout.context import get_config, get_engine, get_store
 
 log = logging.getLogger("scout.webhooks")
 
@@ -179,7 +179,9 @@ def vonage_detail(status: str) -> str:
 
 
 def vonage_input(body: dict[str, Any]) -> Response:
-    dtmf = body.get("dtmf") if isinstance(body.get("dtmf"), dict) else {}
+    dtmf = body.get("dtmf")
+    if not isinstance(dtmf, dict):
+        dtmf = {}
     digits = str(dtmf.get("digits") or "").strip()
     if digits == "1":
         settle("vonage", str(body.get("uuid", "")), ACKNOWLEDGED, "pressed 1")

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from scout.store.sqlite import SqliteStore
 from models import User
 from scout.config import Config, load_config
+from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 
 

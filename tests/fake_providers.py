@@ -110,7 +110,7 @@ class FakeProviders:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "FakeProviders":
+    def start(self) -> FakeProviders:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-providers", daemon=True)
         self._thread.start()
@@ -198,10 +198,10 @@ def _handler_for(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+        def do_POST(self) -> None:
             self._handle()
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._handle()
 
         def _handle(self) -> None:

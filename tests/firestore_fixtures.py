@@ -11,14 +11,15 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from scout.store.sqlite import SqliteStore
 from scout.config import Config, load_config
 from scout.store.firestore import ALERT_LOG, ALERT_STATES, CYCLES, LEASES, USERS, WRITE_GUARDS, FirestoreStore
+from scout.store.sqlite import SqliteStore
 
 EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
 EMULATOR_PROJECT = "scout-test"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,9 +18,9 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from models import LogEntry
-from scout.store.sqlite import SqliteStore
 from scout.config import Config, load_config
 from scout.poller import Poller
+from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 from tests.conftest import dev_env, make_user
 from tests.fake_providers import Callback, FakeProviders, callbacks_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from models import AlertState
-from scout.alerts import Rules, decide, record_call_outcome
+from scout.alerts import Decision, Rules, decide, record_call_outcome
 from scout.readings import PollFailure, Reading, Readings
 from tests.conftest import make_user
 
@@ -18,7 +18,7 @@ def readings(*values: int, age: float = 60, direction: str = "Flat", now: float 
     return Readings(tuple(Reading(v, now - age - 300 * i, direction) for i, v in enumerate(values)))
 
 
-def kinds(decision) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+def kinds(decision: Decision) -> list[tuple[str, str, str]]:
     return [(a.purpose, a.kind, a.recipient) for a in decision.actions]
 
 

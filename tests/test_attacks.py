@@ -10,8 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from models import Contact, User
-from scout.store.sqlite import SqliteStore
 from scout.config import load_config
+from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 from tests.conftest import DevAuth, csrf_token, dev_env
 from tests.test_web import SETTINGS, save

@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
 
-from scout.store.sqlite import SqliteStore
 from scout.config import load_config
+from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 from tests.conftest import dev_env
 
@@ -59,9 +60,18 @@ def page(live_app: tuple[str, SqliteStore]) -> Iterator[Any]:
         tab = context.new_page()
         tab.set_default_timeout(10_000)
         tab.dialogs_seen = []  # type: ignore[attr-defined]
-        tab.on("dialog", lambda dialog: (tab.dialogs_seen.append(dialog.message), dialog.dismiss()))  # type: ignore[attr-defined]
         tab.console_errors = []  # type: ignore[attr-defined]
-        tab.on("console", lambda m: m.type == "error" and tab.console_errors.append(m.text))  # type: ignore[attr-defined]
+
+        def on_dialog(dialog: Any) -> None:
+            tab.dialogs_seen.append(dialog.message)  # type: ignore[attr-defined]
+            dialog.dismiss()
+
+        def on_console(message: Any) -> None:
+            if message.type == "error":
+                tab.console_errors.append(message.text)  # type: ignore[attr-defined]
+
+        tab.on("dialog", on_dialog)
+        tab.on("console", on_console)
         yield tab
         context.close()
         browser.close()
@@ -169,7 +179,11 @@ def test_the_google_sign_in_page_says_plainly_when_googles_button_cannot_load(tm
     thread.start()
     try:
         requested: list[str] = []
-        page.route("https://accounts.google.com/**", lambda route: (requested.append(route.request.url), route.abort()))
+        def refuse(route: Any) -> None:
+            requested.append(route.request.url)
+            route.abort()
+
+        page.route("https://accounts.google.com/**", refuse)
         page.goto(f"http://127.0.0.1:{server.server_port}/")
         page.get_by_text("Google's sign-in button could not load").wait_for()
         assert requested == ["https://accounts.google.com/gsi/client"]

@@ -6,6 +6,7 @@ seconds; the speed of the poller is measured by `make bench`, not here.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -16,17 +17,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from models import AlertState
-from scout.store.sqlite import SqliteStore
 from scout.config import Config, load_config
 from scout.poller import CycleSummary, Poller, run_forever
+from scout.store.sqlite import SqliteStore
 from tests.conftest import dev_env, make_user
 from tests.fake_providers import FakeProviders
 from tests.telephony_setup import fake, twilio_env  # noqa: F401 (fake is a fixture)
@@ -121,7 +123,7 @@ class WriteLock:
     def __init__(self, path: str) -> None:
         self.db = sqlite3.connect(path, isolation_level=None)
 
-    def __enter__(self) -> "WriteLock":
+    def __enter__(self) -> WriteLock:
         self.db.execute("BEGIN IMMEDIATE")
         self.db.execute("INSERT INTO leases (name, holder, expires_at) VALUES ('lock-test', 'x', 0)")
         return self
@@ -212,7 +214,7 @@ def test_a_full_disk_fails_one_cycle_loudly_and_the_next_cycle_alerts_with_nothi
 
 
 def test_texts_that_fail_while_the_provider_is_down_are_kept_and_sent_once_when_it_is_back(
-    tmp_path: Path, low_site: HTTPServer, fake: FakeProviders
+    tmp_path: Path, low_site: HTTPServer, fake: FakeProviders  # noqa: F811 (the fixture imported above)
 ) -> None:
     config = load_config(twilio_env(tmp_path, fake))
     store = SqliteStore(config.db_path)
@@ -278,7 +280,7 @@ def test_a_cycle_longer_than_the_interval_delays_the_next_one_instead_of_overlap
     runner.join(30)
     spans = sorted(poller.spans)
     assert all(end - start >= 0.5 for start, end in spans)  # each one overran the 0.1 s interval
-    assert all(next_start >= end for (_, end), (next_start, _) in zip(spans, spans[1:]))
+    assert all(next_start >= end for (_, end), (next_start, _) in itertools.pairwise(spans))
 
 
 # --- the clock stepping back --------------------------------------------------------------

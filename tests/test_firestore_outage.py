@@ -18,8 +18,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -27,8 +28,8 @@ from werkzeug import Request, Response
 
 from models import AlertState, StoreUnavailable
 from scout.config import Config, load_config
-from scout.store.firestore import FirestoreStore
 from scout.poller import CycleSummary, Poller
+from scout.store.firestore import FirestoreStore
 from tests.conftest import make_user
 from tests.firestore_fixtures import firestore_env, start_emulator, stop_emulator
 from tests.test_nightscout import entries
@@ -104,7 +105,7 @@ class TcpProxy:
             while listening.is_set():
                 try:
                     client, _ = listener.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 client.settimeout(None)
                 self._spawn(self._forward, client, listening)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 from models import Contact, User
 from scout.config import Config
-from scout.store.firestore import USERS, FirestoreStore
 from scout.poller import Poller
+from scout.store.firestore import USERS, FirestoreStore
 from scout.web import create_app
 from tests.conftest import make_user
 from tests.test_nightscout import entries
@@ -23,10 +24,10 @@ pytestmark = pytest.mark.emulator
 class _CountingCall:
     """The Listen stream, seen through: counts the documents Firestore would bill."""
 
-    def __init__(self, call: Any, meter: "FirestoreMeter") -> None:
+    def __init__(self, call: Any, meter: FirestoreMeter) -> None:
         self._call, self._meter = call, meter
 
-    def __iter__(self) -> "_CountingCall":
+    def __iter__(self) -> _CountingCall:
         return self
 
     def __next__(self) -> Any:
@@ -39,7 +40,7 @@ class _CountingCall:
 
 
 class _CountingTransport:
-    def __init__(self, transport: Any, meter: "FirestoreMeter") -> None:
+    def __init__(self, transport: Any, meter: FirestoreMeter) -> None:
         self._transport, self._meter = transport, meter
 
     @property

@@ -45,7 +45,7 @@ def test_valid_tutorial_documents_are_imported_and_reported_one_by_one(
     assert "imported      bo@example.com (record 2 (id autoid2))" in result.output
     assert "2 of 2 record(s) imported, 0 not imported." in result.output
     assert each_store.get_user("ana@example.com") == User(
-        id="ana@example.com", email="ana@example.com", name="Ana", nightscout_url=ANA["nightscout_api"],
+        id="ana@example.com", email="ana@example.com", name="Ana", nightscout_url=str(ANA["nightscout_api"]),
         phone="+50588888888", emergency_contact=Contact("+50588888889"),
         extra_contacts=(Contact("+50588888890"), Contact("+14155552673")))
     assert each_store.get_user("google-sub-bo").phone == "+14155552671"

@@ -8,14 +8,21 @@ import time
 from typing import Any
 
 import aiohttp
-
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from models import User
-from scout.nightscout import (BadNightscoutURL, PublicOnlyResolver, RefusedHost, check_public_host, fetch_readings,
-                              fetch_readings_async, open_async_session, parse_site)
+from scout.nightscout import (
+    BadNightscoutURL,
+    PublicOnlyResolver,
+    RefusedHost,
+    check_public_host,
+    fetch_readings,
+    fetch_readings_async,
+    open_async_session,
+    parse_site,
+)
 from scout.readings import PollFailure, PollResult, Readings
 from tests.conftest import make_user
 

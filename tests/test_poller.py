@@ -6,15 +6,16 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 
-from scout.store.sqlite import SqliteStore
 from scout.config import Config
+from scout.poller import Poller, collection_paused
+from scout.store.sqlite import SqliteStore
 from scout.telephony.base import CallPlaced
 from scout.telephony.console import ConsoleMessenger
-from scout.poller import Poller, collection_paused
 from tests.conftest import make_user
 from tests.test_nightscout import entries
 
@@ -77,7 +78,7 @@ def test_one_hung_or_broken_site_delays_nobody_else(
 ) -> None:
     httpserver = threaded_httpserver
 
-    def hang(_request):  # type: ignore[no-untyped-def]
+    def hang(_request: Any) -> Any:
         time.sleep(3)
 
     httpserver.expect_request("/hung/api/v1/entries/sgv.json").respond_with_handler(hang)

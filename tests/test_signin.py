@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -19,8 +20,8 @@ from google.auth import crypt, jwt
 from pytest_httpserver import HTTPServer
 
 from models import Contact, User
-from scout.store.sqlite import SqliteStore
 from scout.config import load_config
+from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 from tests.conftest import dev_env
 
@@ -35,7 +36,7 @@ def make_key() -> rsa.RSAPrivateKey:
 def certificate_pem(key: rsa.RSAPrivateKey) -> str:
     """A self-signed x509 certificate for `key`, the form Google publishes its keys in."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scout-test.googleusercontent.com")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))

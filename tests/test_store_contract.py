@@ -1,11 +1,13 @@
 """One contract, two stores: every test here runs on SQLite and on Firestore (the emulator)."""
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from models import AlertState, Contact, CycleRecord, Episode, LogEntry, User
 from tests.conftest import make_user
@@ -131,13 +133,17 @@ def test_a_commit_on_a_stale_version_writes_neither_state_nor_log(each_store: An
     assert each_store.get_log("sub-ana:late") is None
 
 
+def commit_as_writer(writers: list[Any], version: int, i: int) -> bool:
+    state = AlertState(failed_polls=100 * version + i)
+    return bool(writers[i].commit("sub-ana", state, version, [entry(f"sub-ana:{version}:{i}")]))
+
+
 def test_of_concurrent_writers_on_one_users_state_exactly_one_wins(each_store: Any) -> None:
     writers = [second_handle(each_store) for _ in range(6)]
     try:
         for version in (0, 1):  # the first write creates the state, the second replaces it
             assert each_store.get_state("sub-ana")[1] == version
-            results = all_at_once(len(writers), lambda i: writers[i].commit(
-                "sub-ana", AlertState(failed_polls=100 * version + i), version, [entry(f"sub-ana:{version}:{i}")]))
+            results = all_at_once(len(writers), functools.partial(commit_as_writer, writers, version))
             assert results.count(True) == 1, results
             winner = results.index(True)
             assert each_store.get_state("sub-ana") == (AlertState(failed_polls=100 * version + winner), version + 1)

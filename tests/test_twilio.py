@@ -10,8 +10,8 @@ from xml.etree import ElementTree
 import pytest
 
 from scout.config import ConfigError, load_config
-from scout.telephony.base import TelephonyError, call_script
 from scout.telephony import make_messenger
+from scout.telephony.base import TelephonyError, call_script
 from scout.telephony.twilio import TwilioMessenger
 from tests.fake_providers import FakeProviders
 from tests.telephony_setup import SITE_URL, TWILIO_NUMBER, TWILIO_SID, TWILIO_WHATSAPP_NUMBER, fake, twilio_env

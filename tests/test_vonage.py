@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from scout.config import ConfigError, load_config
-from scout.telephony.base import TelephonyError, call_script
 from scout.telephony import make_messenger
+from scout.telephony.base import TelephonyError, call_script
 from scout.telephony.vonage import VonageMessenger
 from tests.fake_providers import FakeProviders, Recorded
 from tests.telephony_setup import (

@@ -9,8 +9,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from models import CycleRecord
-from scout.store.sqlite import SqliteStore
 from scout.config import load_config
+from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 from tests.conftest import DevAuth, csrf_token, dev_env
 
@@ -35,7 +35,7 @@ def test_healthz_is_503_until_a_cycle_finishes_then_200(client: FlaskClient, sto
     assert client.get("/healthz").status_code == 503
     store.record_cycle(CycleRecord(time.time(), {"users": 0}))
     response = client.get("/healthz")
-    assert response.status_code == 200 and response.json["summary"] == {"users": 0}
+    assert response.status_code == 200 and response.get_json()["summary"] == {"users": 0}
     store.record_cycle(CycleRecord(time.time() - 181, {"users": 0}))
     assert client.get("/healthz").status_code == 503
 
@@ -120,7 +120,7 @@ def test_outside_dev_mode_there_is_no_dev_sign_in_or_simulator(tmp_path: object)
 
 
 def test_the_simulated_nightscout_serves_a_falling_low(client: FlaskClient) -> None:
-    entries = client.get("/dev/nightscout/falling-to-low/api/v1/entries/sgv.json?count=3").json
+    entries = client.get("/dev/nightscout/falling-to-low/api/v1/entries/sgv.json?count=3").get_json()
     assert [e["sgv"] for e in entries] == [54, 66, 78]
     assert entries[0]["direction"] == "SingleDown"
     assert client.get("/dev/nightscout/down/api/v1/entries.json").status_code == 503
@@ -273,8 +273,8 @@ def test_a_test_call_is_placed_logged_shown_and_limited_to_one_per_two_minutes(
 def test_a_test_call_refused_by_the_provider_says_why(
     client: FlaskClient, auth: DevAuth, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scout.telephony.console import ConsoleMessenger
     from scout.telephony.base import TelephonyError
+    from scout.telephony.console import ConsoleMessenger
 
     def refuse(self: object, to: str, speech: str, call_key: str) -> object:
         raise TelephonyError("The 'To' number is not a valid phone number", code="21211", permanent=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from xml.etree import ElementTree
 
 import jwt
@@ -144,7 +144,7 @@ def vonage_forgeries(final: Callback, secret: str) -> Iterator[tuple[str, Callba
     yield "not a bearer token", dataclasses.replace(final, headers={"Authorization": "Basic YTpi"})
     no_hash = jwt.encode({"iat": int(time.time())}, secret, algorithm="HS256")
     yield "no payload hash", dataclasses.replace(final, headers={"Authorization": f"Bearer {no_hash}"})
-    unsigned = jwt.encode({"iat": int(time.time()), "payload_hash": "0"}, None, algorithm="none")
+    unsigned = jwt.encode({"iat": int(time.time()), "payload_hash": "0"}, "", algorithm="none")
     yield "unsigned token", dataclasses.replace(final, headers={"Authorization": f"Bearer {unsigned}"})
     yield "issued in the future", vonage_signed(final.url, payload, secret, iat=time.time() + 3600)
 
@@ -202,5 +202,5 @@ def test_a_call_id_that_belongs_to_another_alert_than_the_url_names_changes_noth
 
 def test_a_call_to_scouts_vonage_number_hears_that_it_only_places_alerts(calling: Scout) -> None:
     answer = calling.client.get("/webhooks/vonage/answer?from=14155550199")
-    assert answer.status_code == 200 and answer.json[0]["action"] == "talk"
-    assert "only places glucose alerts" in answer.json[0]["text"] and call_outcome(calling) == "pending"
+    assert answer.status_code == 200 and answer.get_json()[0]["action"] == "talk"
+    assert "only places glucose alerts" in answer.get_json()[0]["text"] and call_outcome(calling) == "pending"

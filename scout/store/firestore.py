@@ -28,8 +28,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import firebase_admin
@@ -225,7 +226,7 @@ class SnapshotUserFeed:
     and starts a new listener: a broken listener never leaves the poller without users.
     """
 
-    def __init__(self, store: "FirestoreStore", first_snapshot_wait: float = FIRST_SNAPSHOT_WAIT) -> None:
+    def __init__(self, store: FirestoreStore, first_snapshot_wait: float = FIRST_SNAPSHOT_WAIT) -> None:
         self._store = store
         self._first_snapshot_wait = first_snapshot_wait
         self._lock = threading.Lock()
@@ -280,7 +281,7 @@ class FirestoreStore:
         self._pid = 0
 
     @classmethod
-    def from_config(cls, config: Any) -> "FirestoreStore":
+    def from_config(cls, config: Any) -> FirestoreStore:
         """The emulator with anonymous credentials when FIRESTORE_EMULATOR_HOST is set;
         else the service account in FIREBASE_PRIVATE_KEY; else the application default
         credentials (on App Engine: the app's own service account)."""
@@ -347,7 +348,7 @@ class FirestoreStore:
 
     def _consume_token(self, transaction: Any, token: str) -> str:
         guard = self.collection(WRITE_GUARDS).document(token)
-        expire_at = dt.datetime.now(dt.timezone.utc) + GUARD_LIFETIME
+        expire_at = dt.datetime.now(dt.UTC) + GUARD_LIFETIME
         transaction.create(guard, {"expire_at": expire_at})
         return uuid.uuid4().hex
 
@@ -462,7 +463,7 @@ class FirestoreStore:
             # every read comes before any write, as Firestore transactions require
             snapshot = state_ref.get(transaction=transaction) if state is not None else None
             recorded = {s.id for s in transaction.get_all(list(log_refs.values())) if s.exists} if log_refs else set()
-            if snapshot is not None:
+            if snapshot is not None and state is not None:
                 current = int((snapshot.to_dict() or {}).get("version") or 0) if snapshot.exists else 0
                 if current != version:
                     return False

@@ -7,8 +7,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any
 
 from models import (
     AlertState,
@@ -24,7 +25,7 @@ from models import (
 class _RereadingFeed:
     """A user feed that simply re-reads the users: right for a local SQLite file."""
 
-    def __init__(self, store: "SqliteStore") -> None:
+    def __init__(self, store: SqliteStore) -> None:
         self._store = store
 
     def users(self) -> list[User]:

@@ -8,7 +8,8 @@ detection) goes to the status webhook. Both URLs are built from SITE_URL.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
@@ -132,7 +133,7 @@ class TwilioMessenger:
         self.site_url = site_url
 
     @classmethod
-    def from_config(cls, config: Any) -> "TwilioMessenger":
+    def from_config(cls, config: Any) -> TwilioMessenger:
         base_url = config.get("SCOUT_TWILIO_BASE_URL").strip()
         http_client = (RebasedTwilioHttpClient(base_url) if base_url
                        else TwilioHttpClient(timeout=REQUEST_TIMEOUT))

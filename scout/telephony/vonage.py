@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -120,9 +121,10 @@ def vonage_request(operation: Callable[[], T], what: str) -> T:
     except HttpRequestError as exc:
         raise _error_from_vonage(exc.response, what) from exc
     except ValidationError as exc:  # the SDK refuses the request before sending: a bad number, say
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        raise TelephonyError(f"{what}: Vonage cannot send this ({where}: {first.get('msg', exc)})",
+        problems = exc.errors()
+        where = ".".join(str(part) for part in problems[0]["loc"]) if problems else "request"
+        reason = problems[0]["msg"] if problems else str(exc)
+        raise TelephonyError(f"{what}: Vonage cannot send this ({where}: {reason})",
                              code="invalid-request", permanent=True) from exc
     except (requests.exceptions.RequestException, VonageError) as exc:
         raise transport_error(exc, what, "Vonage") from exc
@@ -141,7 +143,7 @@ class VonageMessenger:
         self.site_url = site_url
 
     @classmethod
-    def from_config(cls, config: Any) -> "VonageMessenger":
+    def from_config(cls, config: Any) -> VonageMessenger:
         auth = Auth(
             api_key=config.get("NEXMO_API_KEY"), api_secret=config.get("NEXMO_API_SECRET"),
             application_id=config.get("NEXMO_APPLICATION_ID"), private_key=config.get("NEXMO_PRIVATE_KEY"),
