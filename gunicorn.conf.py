@@ -1,6 +1,6 @@
 """Gunicorn settings for Scout. The poller is started here, in the master, once per
 deployment (per instance): not once per worker. Across instances the store's lease lets
-only one poller act, so running two instances is safe (see README, Deploy)."""
+only one poller act, so running two instances is safe (see docs/deploy.md)."""
 import json
 import os
 import sys
@@ -43,7 +43,7 @@ def firestore_settings_problem(config):
         if config.get("GOOGLE_CLOUD_PROJECT"):
             return None  # application default credentials (App Engine's service account)
         return ("SCOUT_STORE=firestore but neither FIREBASE_PRIVATE_KEY nor GOOGLE_CLOUD_PROJECT is set: "
-                "set one of them (see README, Deploy).")
+                "set one of them (see docs/deploy.md).")
     try:
         with open(key, encoding="utf-8") as key_file:
             account = json.load(key_file)

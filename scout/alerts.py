@@ -1,7 +1,7 @@
 """The alert decision: a pure function of (user, poll result, stored state, now).
 
 It does no I/O and never reads the clock. It returns the new state and the actions
-(calls and messages) the engine must carry out. Every rule in DESIGN.md "Alert
+(calls and messages) the engine must carry out. Every rule in docs/design.md "Alert
 rules" lives here, so each can be tested with a fixed clock.
 """
 from __future__ import annotations

@@ -216,7 +216,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if not dev and not site_url:
         raise ConfigError("SITE_URL is not set: set it to the public https address of this Scout.")
     if not dev and not env.get("GOOGLE_CLIENT_ID"):
-        raise ConfigError("GOOGLE_CLIENT_ID is not set: users cannot sign in without it (see README, Google sign-in).")
+        raise ConfigError("GOOGLE_CLIENT_ID is not set: users cannot sign in without it (see docs/deploy.md, Google sign-in).")
     failed_pings_name = (
         "NIGHTSCOUT_FAILED_PING_SMS" if env.get("NIGHTSCOUT_FAILED_PING_SMS") else "NEXMO_FAILED_PING_SMS"
     )

@@ -31,7 +31,7 @@ TEST_CALL_TEXT = (
     "This is a test call from Scout. Your glucose alerts will reach you on this phone. "
     "Nothing is wrong; no action is needed."
 )
-FRESH_READING_MINUTES = 15  # older readings never trigger a call (see DESIGN.md)
+FRESH_READING_MINUTES = 15  # older readings never trigger a call (see docs/design.md)
 
 Page = str | tuple[str, int]
 

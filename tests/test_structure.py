@@ -1,7 +1,7 @@
 """Scout's own modules import each other without cycles, imports inside functions included.
 
 A cycle hides which module is the foundation and which builds on it; the layout in the
-README (`models.py` → `scout/store`, `scout/telephony` → `scout/engine` → `scout/web`)
+docs/design.md (`models.py` → `scout/store`, `scout/telephony` → `scout/engine` → `scout/web`)
 only holds while this test passes."""
 from __future__ import annotations
 

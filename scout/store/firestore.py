@@ -298,7 +298,7 @@ class FirestoreStore:
         if not project:
             raise StoreUnavailable(
                 "Firestore is selected but neither FIREBASE_PRIVATE_KEY (a service-account JSON file) "
-                "nor GOOGLE_CLOUD_PROJECT is set: set one of them (see README, Deploy)."
+                "nor GOOGLE_CLOUD_PROJECT is set: set one of them (see docs/deploy.md)."
             )
         return cls(credentials.ApplicationDefault, project, timeout)
 
