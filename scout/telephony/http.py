@@ -8,7 +8,6 @@ scout/webhooks.py.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -36,8 +35,6 @@ TWILIO_GATHER_PATH = "/webhooks/twilio/gather"
 TWILIO_STATUS_PATH = "/webhooks/twilio/status"
 VONAGE_EVENT_PATH = "/webhooks/vonage/events"
 VONAGE_INPUT_PATH = "/webhooks/vonage/input"
-
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
 class RetryableTelephonyError(TelephonyError):
@@ -68,10 +65,6 @@ def transport_error(exc: Exception, what: str, provider: str) -> TelephonyError:
     if isinstance(exc, requests.exceptions.ConnectionError):  # includes connect timeouts
         return RetryableTelephonyError(f"{what}: could not reach {provider} ({exc})", code="unreachable")
     return TelephonyError(f"{what}: {exc}", code="error")
-
-
-def is_e164(number: str) -> bool:
-    return bool(E164.match(number or ""))
 
 
 def digits_only(number: str) -> str:
