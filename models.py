@@ -226,7 +226,26 @@ class Store(Protocol):
     def record_cycle(self, record: CycleRecord) -> None: ...
     def last_cycle(self) -> CycleRecord | None: ...
 
+    # Abuse limits and sessions: kept apart from the user's data, so that they survive
+    # restarts, other instances and the deletion of that data.
+    def take_allowance(self, key: str, now: float, window: float, limit: int) -> float: ...
+    def session_generation(self, user_id: str) -> int: ...
+    def end_sessions(self, user_id: str) -> int: ...
+
     def close(self) -> None: ...
+
+
+def allowance_after(record: tuple[float, int] | None, now: float, window: float, limit: int
+                    ) -> tuple[tuple[float, int] | None, float]:
+    """The rule every store applies to one abuse counter, (window start, count): the new
+    record to write (None: nothing to write) and the seconds to wait (0: allowed and
+    counted). A window opens at the first use and lasts `window` seconds."""
+    if record is None or now >= record[0] + window or now < record[0] - window:  # unused, over, or a clock far off
+        return (now, 1), 0.0
+    start, count = record
+    if count < limit:
+        return (start, count + 1), 0.0
+    return None, max(0.001, start + window - now)
 
 
 def is_tutorial_era(user: User) -> bool:

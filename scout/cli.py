@@ -2,13 +2,18 @@
 `flask --app notifier import-users FILE.json`."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 from flask import Flask
 
 from scout.context import get_config, get_store
+
+
+class ImportFileRefused(click.ClickException):
+    """A file import-users cannot read at all: one line, and exit code 2 (bad input)."""
+
+    exit_code = 2
 
 
 def register_commands(app: Flask) -> None:
@@ -50,13 +55,15 @@ def register_commands(app: Flask) -> None:
 
         FILE holds a list of documents, or an object mapping document ids to documents.
         Every record is reported; invalid ones are listed with the reason and not imported."""
-        from scout.migration import ImportFileError, import_users, records_in
+        from scout.migration import import_users, read_import_file
 
         try:
-            records = records_in(json.load(file))
-        except (ValueError, ImportFileError) as exc:
-            raise click.ClickException(f"{file.name} cannot be imported: {exc}") from None
-        results = import_users(get_store(), records, get_config().default_region, dry_run=dry_run)
+            records = read_import_file(file)
+        except ValueError as exc:
+            raise ImportFileRefused(f"{file.name} cannot be imported: {exc}") from None
+        config = get_config()
+        results = import_users(get_store(), records, config.default_region, dry_run=dry_run,
+                               allowed_countries=config.allowed_countries)
         for result in results:
             click.echo(result.line())
         imported = sum(r.imported for r in results)

@@ -14,6 +14,7 @@ DEFAULT_DB_PATH = "instance/scout.sqlite3"
 # Seconds one Firestore request may take, retries included (see scout.store.firestore.bound_requests).
 DEFAULT_FIRESTORE_TIMEOUT = 10.0
 MAX_FIRESTORE_TIMEOUT = 300.0
+DEFAULT_SESSION_MAX_AGE = 7 * 24 * 3600  # seconds a sign-in lasts at most
 
 
 class ConfigError(Exception):
@@ -47,6 +48,9 @@ class Config:
     failed_ping_limit: int = 60
     default_region: str = "US"
     firestore_timeout: float = DEFAULT_FIRESTORE_TIMEOUT
+    session_max_age: int = DEFAULT_SESSION_MAX_AGE
+    allowed_countries: frozenset[str] = frozenset()  # empty: every country (see SCOUT_ALLOWED_COUNTRIES)
+    client_ip_header: str = ""  # the header a trusted front end puts the client's address in
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, default: str = "") -> str:
@@ -196,6 +200,19 @@ def dev_secret_key(db_path: str) -> str:
     raise ConfigError(f"{path} holds no usable key: delete it, or set SECRET_KEY.")
 
 
+def _countries(env: Mapping[str, str]) -> frozenset[str]:
+    """SCOUT_ALLOWED_COUNTRIES: region codes (US, GB, DE) whose numbers Scout may call and text."""
+    import phonenumbers
+
+    raw = env.get("SCOUT_ALLOWED_COUNTRIES", "")
+    codes = frozenset(code.strip().upper() for code in re.split(r"[,\s]+", raw) if code.strip())
+    unknown = sorted(codes - phonenumbers.SUPPORTED_REGIONS)
+    if unknown:
+        raise ConfigError(f"SCOUT_ALLOWED_COUNTRIES names unknown regions {', '.join(unknown)}: use two-letter "
+                          "region codes separated by commas, e.g. US,CA,GB.")
+    return codes
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Build the configuration from `env` (default: os.environ after loading `.env`)."""
     if env is None:
@@ -233,5 +250,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         failed_ping_limit=_int(env, failed_pings_name, 60, minimum=1),
         default_region=(env.get("SCOUT_DEFAULT_REGION", "") or "US").upper(),
         firestore_timeout=_seconds(env, "SCOUT_FIRESTORE_TIMEOUT", DEFAULT_FIRESTORE_TIMEOUT, MAX_FIRESTORE_TIMEOUT),
+        session_max_age=_int(env, "SCOUT_SESSION_MAX_AGE", DEFAULT_SESSION_MAX_AGE, minimum=60),
+        allowed_countries=_countries(env),
+        client_ip_header=env.get("SCOUT_CLIENT_IP_HEADER", "").strip(),
         env=dict(env),
     )

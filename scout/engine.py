@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
 from scout.alerts import UNANSWERED, Action, Decision, Rules, decide, record_call_outcome
-from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings
+from scout.logs import mask_key, mask_phone, mask_text
+from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings, is_public_address
 from scout.readings import PollFailure, PollResult
 from scout.telephony.base import Messenger, TelephonyError
 
@@ -34,8 +33,8 @@ def log_action(stage: str, entry: LogEntry, level: int = logging.INFO, **extra: 
     """One JSON line per action and stage (recorded, sent, send_failed, expired), with the
     same fields as the per-cycle line's style, so a log search can follow one alert by
     its key from the decision to the provider."""
-    fields_ = {"event": "action", "stage": stage, "user": entry.user_id, "key": entry.key, "kind": entry.kind,
-               "purpose": entry.purpose, "to": entry.recipient, **extra}
+    fields_ = {"event": "action", "stage": stage, "user": entry.user_id, "key": mask_key(entry.key), "kind": entry.kind,
+               "purpose": entry.purpose, "to": mask_phone(entry.recipient), **extra}
     log.log(level, "%s", json.dumps(fields_, sort_keys=True))
 
 
@@ -66,12 +65,12 @@ class Engine:
     rules: Rules = field(default_factory=Rules)
     allow_private: bool = False
     clock: Callable[[], float] = time.time
-    session: requests.Session | None = None
     nightscout_timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)
+    is_public: Callable[[str], bool] = is_public_address  # the address policy for Nightscout reads
 
     def fetch(self, user: User) -> PollResult:
-        return fetch_readings(user, session=self.session, allow_private=self.allow_private,
-                              timeout=self.nightscout_timeout)
+        return fetch_readings(user, allow_private=self.allow_private, timeout=self.nightscout_timeout,
+                              is_public=self.is_public)
 
     # --- one user ---------------------------------------------------------------
 
@@ -162,7 +161,7 @@ class Engine:
             self.store.update_log(claimed.key, status=status, error=f"{exc.code + ': ' if exc.code else ''}{exc}",
                                   provider=self.messenger.name, claimed_until=0.0)
             log_action("send_failed", claimed, logging.WARNING, status=status, attempt=claimed.attempts,
-                       error=str(exc))
+                       error=mask_text(str(exc)))
             result.failed_sends += 1
             return (UNANSWERED, f"call failed: {exc}") if claimed.kind == "call" else None
         self.store.update_log(claimed.key, status="sent", provider=self.messenger.name, provider_id=provider_id,
@@ -209,7 +208,7 @@ class Engine:
                 break
         else:
             raise StoreUnavailable(f"could not record the call outcome for {user.email}")
-        log.info("%s", json.dumps({"event": "call_outcome", "user": user.id, "key": call_key, "outcome": outcome,
+        log.info("%s", json.dumps({"event": "call_outcome", "user": user.id, "key": mask_key(call_key), "outcome": outcome,
                                    "detail": detail}, sort_keys=True))
         if poll is None:
             poll = self.fetch(user)

@@ -5,17 +5,84 @@ that fails is reported with the reason and not imported. Nothing is dropped sile
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import phonenumbers
+
 from models import MAX_EXTRA_CONTACTS, Contact, Store, User, is_tutorial_era
 from scout.nightscout import BadNightscoutURL, parse_site
-from scout.settings_form import normalize_phone
+from scout.settings_form import MAX_URL_LENGTH, normalize_phone
 
 
 class ImportFileError(ValueError):
     """The file is not a list or map of `scouts` documents."""
+
+
+MAX_FILE_BYTES = 50 * 1024 * 1024  # far above any real export; a bigger file is refused before it is parsed
+MAX_NESTING = 20  # a scouts document is a few levels deep; JSON nested deeper is not an export
+# Longest values a record may carry: an email address (RFC 5321), a Google subject id
+# (21 digits today; 255 is Google's documented bound), a display name, a document id.
+MAX_LENGTHS = {"email": 254, "sub": 255, "username": 100, "id": 255}
+
+
+def read_import_file(file: Any) -> list[tuple[str, Any]]:
+    """The records of an export file, or ValueError saying in one line what is wrong with
+    it: not UTF-8, not JSON, too large, nested too deep, or not scouts documents."""
+    try:
+        text = file.read(MAX_FILE_BYTES + 1)
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"it is not UTF-8 text (byte {exc.start} cannot be read); export it as JSON") from None
+    if len(text) > MAX_FILE_BYTES:
+        raise ImportFileError(f"it is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; split it into smaller files")
+    depth = _nesting(text)
+    if depth > MAX_NESTING:
+        raise ImportFileError(f"its JSON is nested {depth} levels deep, more than the {MAX_NESTING} an export of "
+                              "scouts documents could have")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ImportFileError(f"it is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    return records_in(data)
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of brackets outside strings: measured before parsing, because
+    the parser itself recurses (a deep enough file would crash it)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _text(document: dict[str, Any], name: str) -> str:
+    """A text field of a record, stripped; ValueError if it is not text or too long."""
+    value = document.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ValueError(f"{name}: expected text, got {type(value).__name__}")
+    text = str(value).strip()
+    limit = MAX_LENGTHS.get(name, MAX_URL_LENGTH)
+    if len(text) > limit:
+        raise ValueError(f"{name}: {len(text)} characters, at most {limit} are accepted")
+    return text
 
 
 @dataclass(frozen=True)
@@ -41,15 +108,18 @@ def records_in(data: Any) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(data, dict) and "scouts" in data:
         data = data["scouts"]
     if isinstance(data, list):
-        return [(str(d.get("id") or d.get("__id__") or "") if isinstance(d, dict) else "", d) for d in data]
+        return [(str(d.get("id") or d.get("__id__") or "")[:MAX_LENGTHS["id"]] if isinstance(d, dict) else "", d)
+                for d in data]
     if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
-        return [(str(doc_id), document) for doc_id, document in data.items()]
+        return [(str(doc_id)[:MAX_LENGTHS["id"]], document) for doc_id, document in data.items()]
     raise ImportFileError("expected a JSON list of scouts documents, or an object mapping document ids to them")
 
 
 def tutorial_phone(raw: Any, region: str) -> str:
     """E.164 from what the tutorial stored: digits with the country code and no '+'
     (what Vonage takes), or whatever the person typed."""
+    if not isinstance(raw, (str, int)) or isinstance(raw, bool):
+        raise ValueError(f"expected a phone number as text, got {type(raw).__name__}")
     text = str(raw or "").strip()
     if text.isdigit():
         try:
@@ -82,10 +152,10 @@ def _extra_contacts(raw: Any, region: str) -> tuple[Contact, ...]:
 
 def user_from_record(document: dict[str, Any], region: str) -> User:
     """The user a tutorial-shaped document describes, or ValueError naming the bad field."""
-    email = str(document.get("email") or "").strip()
+    email = _text(document, "email")
     if "@" not in email:
         raise ValueError("email: missing or not an email address")
-    url = str(document.get("nightscout_api") or "").strip()
+    url = _text(document, "nightscout_api")
     if url:
         try:
             parse_site(url)
@@ -93,9 +163,9 @@ def user_from_record(document: dict[str, Any], region: str) -> User:
             raise ValueError(f"nightscout_api: {exc}") from None
     emergency = _optional_phone(document.get("emerg_contact"), region, "emerg_contact")
     return User(
-        id=str(document.get("sub") or "").strip() or email,  # no sub: known by email until sign-in
+        id=_text(document, "sub") or email,  # no sub: known by email until sign-in
         email=email,
-        name=str(document.get("username") or "").strip(),
+        name=_text(document, "username"),
         nightscout_url=url,
         phone=_optional_phone(document.get("phone"), region, "phone"),
         emergency_contact=Contact(emergency) if emergency else None,
@@ -123,7 +193,21 @@ def _check_record(index: int, doc_id: str, document: Any, region: str, seen: dic
     return ImportResult(label, user=user, note="; ".join(notes))
 
 
-def import_users(store: Store, records: Iterable[tuple[str, Any]], region: str, dry_run: bool = False
+def outside_countries(user: User, allowed_countries: frozenset[str]) -> str:
+    """Why `user` has a number outside SCOUT_ALLOWED_COUNTRIES, if one is ("" when none, or
+    when every country is allowed)."""
+    if not allowed_countries:
+        return ""
+    for field, number in [("phone", user.phone)] + [("contact", c.phone) for c in user.contacts]:
+        country = phonenumbers.region_code_for_number(phonenumbers.parse(number)) if number else ""
+        if number and country not in allowed_countries:
+            return (f"{field}: a number in {country or 'no country'}; this Scout calls and texts numbers in "
+                    f"{', '.join(sorted(allowed_countries))} only")
+    return ""
+
+
+def import_users(store: Store, records: Iterable[tuple[str, Any]], region: str, dry_run: bool = False,
+                 allowed_countries: frozenset[str] = frozenset(),
                  ) -> list[ImportResult]:
     """Check every record and save the valid ones (unless `dry_run`). Running it twice
     is safe: a record already imported is saved again with the same values."""
@@ -131,9 +215,16 @@ def import_users(store: Store, records: Iterable[tuple[str, Any]], region: str, 
     for index, (doc_id, document) in enumerate(records, start=1):
         result = _check_record(index, doc_id, document, region, seen)
         user = result.user
-        if user is not None:
+        elsewhere = outside_countries(user, allowed_countries) if user is not None else ""
+        if elsewhere:
+            result = ImportResult(result.label, problem=elsewhere)
+        elif user is not None:
             current = store.find_user_by_email(user.email)
-            if current is not None and current.id != user.id and not is_tutorial_era(current):
+            owner = store.get_user(user.id)
+            if owner is not None and owner.email.lower() != user.email.lower():
+                result = ImportResult(result.label, problem=f"its sub {user.id} belongs to user {owner.id}, who has "
+                                                            "another email; their settings are kept")
+            elif current is not None and current.id != user.id and not is_tutorial_era(current):
                 result = ImportResult(result.label, problem=f"already signed in with Google as user {current.id}; "
                                                             "their current settings are kept")
             elif not dry_run:

@@ -11,15 +11,17 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import re
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
-import requests
+from yarl import URL
 
 from models import User
 from scout.readings import PollFailure, PollResult, Reading, Readings
@@ -56,7 +58,12 @@ def parse_site(url: str, token: str = "") -> Site:
     raw = (url or "").strip()
     if not raw:
         raise BadNightscoutURL("Enter your Nightscout address, for example https://yourname.herokuapp.com.")
+    if "\\" in raw or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in raw):
+        raise BadNightscoutURL("A Nightscout address has no backslashes or spaces in it; "
+                               "enter it as your browser shows it, for example https://yourname.herokuapp.com.")
     parts = urlsplit(raw)
+    if "@" in parts.netloc:
+        raise BadNightscoutURL("Leave the user name and password out of the Nightscout address.")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadNightscoutURL(
             "The Nightscout address must start with https:// (or http://) and name a site, "
@@ -74,10 +81,29 @@ def parse_site(url: str, token: str = "") -> Site:
     return Site(base, token.strip() or query_token)
 
 
+def embeds_ipv4(ip: ipaddress.IPv6Address) -> bool:
+    """An IPv6 address that carries an IPv4 one inside (IPv4-compatible ::a.b.c.d, NAT64
+    64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16, Teredo 2001::/32): depending on the
+    network, connecting to it reaches the IPv4 address, which a check of the IPv6 one
+    never saw. Scout reads no site by such an address."""
+    if ip.teredo is not None or ip.sixtofour is not None:
+        return True
+    if ip in _NAT64 or ip in _NAT64_LOCAL:
+        return True
+    return int(ip) >> 32 == 0 and int(ip) > 1  # ::a.b.c.d; :: and ::1 are themselves
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_public_address(address: str) -> bool:
+    """The default address policy: a global unicast address, not one hidden in an IPv6 form."""
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
+    elif isinstance(ip, ipaddress.IPv6Address) and embeds_ipv4(ip):
+        return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -85,24 +111,41 @@ def _not_found(host: str, exc: Exception) -> str:
     return f"The Nightscout host {host!r} could not be found ({exc}). Check the address."
 
 
+def _refused(address: str, is_public: Callable[[str], bool]) -> bool:
+    """Whether Scout refuses to connect to `address` under the policy `is_public`. An IPv4
+    address written inside an IPv6 one is refused whatever the policy says of either."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None and embeds_ipv4(ip):
+        return True
+    return not is_public(address)
+
+
 def _private(host: str, addresses: Iterable[str],
              is_public: Callable[[str], bool] = is_public_address) -> str | None:
     """Why Scout refuses `host`, if any of its addresses is not public."""
-    private = sorted({a for a in addresses if not is_public(a)})
+    private = sorted({a for a in addresses if _refused(a, is_public)})
     if not private:
         return None
     return (f"The Nightscout host {host!r} points to a private or internal address ({', '.join(private)}); "
             "Scout only reads public Nightscout sites.")
 
 
-def check_public_host(host: str) -> None:
+def check_public_host(host: str, is_public: Callable[[str], bool] = is_public_address) -> None:
     """Refuse a host that is, or resolves to, a private, loopback, link-local or
-    metadata address: Scout must not be used to reach inside its own network."""
+    metadata address: Scout must not be used to reach inside its own network. This is
+    the settings form's early answer; the fetch itself checks the address it connects to."""
+    address = literal_address(host)
+    if address is not None:
+        check_public_literal(host, is_public)
+        return
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise BadNightscoutURL(_not_found(host, exc)) from None
-    refusal = _private(host, (str(info[4][0]) for info in infos))
+    refusal = _private(host, (str(info[4][0]) for info in infos), is_public)
     if refusal:
         raise BadNightscoutURL(refusal)
 
@@ -111,7 +154,7 @@ def literal_address(host: str) -> str | None:
     """The address a host names without any lookup: an IP literal, or one of the legacy
     numeric IPv4 forms (2130706433, 127.1, 0x7f.1) that the C library also accepts."""
     try:
-        return str(ipaddress.ip_address(host.split("%")[0]))
+        return str(ipaddress.ip_address(host.strip("[]").split("%")[0]))
     except ValueError:
         pass
     try:
@@ -176,81 +219,6 @@ def _request(user: User, count: int) -> tuple[str, dict[str, str]] | PollFailure
     return site.entries_url(count), headers
 
 
-def _prepare(user: User, allow_private: bool, count: int) -> tuple[str, dict[str, str]] | PollFailure:
-    """`_request`, once the site's host is checked (unless `allow_private`)."""
-    prepared = _request(user, count)
-    if isinstance(prepared, PollFailure) or allow_private:
-        return prepared
-    try:
-        check_public_host(urlsplit(prepared[0]).hostname or "")
-    except BadNightscoutURL as exc:
-        return PollFailure("refused_url", str(exc))
-    return prepared
-
-
-def _status_failure(status: int) -> PollFailure | None:
-    if status == 401:
-        return PollFailure("unauthorized", "HTTP 401")
-    if status != 200:
-        return PollFailure("http_status", f"HTTP {status}")
-    return None
-
-
-def _decode(body: bytes) -> PollResult:
-    if len(body) > MAX_BODY_BYTES:
-        return PollFailure("not_json", "the answer is far too large for a Nightscout entries list")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        start = body[:40].decode("utf-8", "replace").strip()
-        return PollFailure("not_json", f"answer starts with {start!r}")
-    return parse_entries(payload)
-
-
-def fetch_readings(
-    user: User,
-    *,
-    session: requests.Session | None = None,
-    allow_private: bool = False,
-    count: int = 3,
-    timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
-) -> PollResult:
-    """Fetch the latest `count` entries of the user's Nightscout. Never raises."""
-    prepared = _prepare(user, allow_private, count)
-    if isinstance(prepared, PollFailure):
-        return prepared
-    url, headers = prepared
-    http = session or requests
-    try:
-        for _redirect in range(MAX_REDIRECTS + 1):
-            with http.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False) as response:
-                if response.is_redirect and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
-                    if not allow_private:
-                        check_public_host(urlsplit(url).hostname or "")
-                    continue
-                failure = _status_failure(response.status_code)
-                if failure is not None:
-                    return failure
-                body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
-                break
-        else:
-            return PollFailure("http_status", "too many redirects")
-    except BadNightscoutURL as exc:
-        return PollFailure("refused_url", f"redirected: {exc}")
-    except requests.exceptions.ConnectTimeout:
-        return PollFailure("timeout", f"no connection within {timeout[0]:g} s")
-    except (requests.exceptions.ReadTimeout, TimeoutError):
-        return PollFailure("timeout", f"no answer within {timeout[1]:g} s")
-    except requests.exceptions.RequestException as exc:
-        return PollFailure("unreachable", type(exc).__name__)
-    except Exception as exc:  # urllib3 read errors surface here; one site must never stop a cycle
-        if "timed out" in str(exc):
-            return PollFailure("timeout", f"no answer within {timeout[1]:g} s")
-        return PollFailure("unreachable", type(exc).__name__)
-    return _decode(body)
-
-
 # --- the poller's concurrent client ----------------------------------------------
 #
 # The poller reads thousands of sites each minute. A thread per request with
@@ -265,19 +233,25 @@ class RefusedHost(OSError):
     so that aiohttp reports it as a failed lookup (ClientConnectorDNSError)."""
 
 
+Lookup = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
+
+
 class PublicOnlyResolver(aiohttp.ThreadedResolver):
     """aiohttp's own name lookup, refusing a name with any private address among its
-    answers. The addresses checked are the ones connected to: one lookup per site, where
-    a check before the request would look the name up twice (and could be answered
-    differently the second time)."""
+    answers. The addresses checked are the ones connected to: one lookup per connection,
+    where a check before the request would look the name up twice (and a rebinding name
+    answers a public address to the check and an internal one to the connection).
+    `lookup` stands in for the system resolver (tests give a name that rebinds)."""
 
-    def __init__(self, is_public: Callable[[str], bool] = is_public_address) -> None:
+    def __init__(self, is_public: Callable[[str], bool] = is_public_address, lookup: Lookup | None = None) -> None:
         super().__init__()
         self.is_public = is_public
+        self.lookup = lookup
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
         try:
-            answers = await super().resolve(host, port, family)
+            answers: list[Any] = (await self.lookup(host, port, family) if self.lookup is not None
+                                  else await super().resolve(host, port, family))
         except (socket.gaierror, UnicodeError) as exc:
             raise RefusedHost(_not_found(host, exc)) from None
         refusal = _private(host, (answer["host"] for answer in answers), self.is_public)
@@ -290,18 +264,21 @@ class PublicOnlyConnector(aiohttp.TCPConnector):
     """A connector that looks names up with PublicOnlyResolver, and says which addresses
     count as public for the hosts given as addresses (see _check_host)."""
 
-    def __init__(self, is_public: Callable[[str], bool] = is_public_address, **options: Any) -> None:
-        super().__init__(resolver=PublicOnlyResolver(is_public), **options)
+    def __init__(self, is_public: Callable[[str], bool] = is_public_address, lookup: Lookup | None = None,
+                 **options: Any) -> None:
+        super().__init__(resolver=PublicOnlyResolver(is_public, lookup), **options)
         self.is_public = is_public
 
 
 def open_async_session(connections: int, allow_private: bool = False,
-                       is_public: Callable[[str], bool] = is_public_address) -> aiohttp.ClientSession:
+                       is_public: Callable[[str], bool] = is_public_address,
+                       lookup: Lookup | None = None) -> aiohttp.ClientSession:
     """A session for one poll cycle; call it inside the running event loop. Unless
     `allow_private` (dev mode), every address connected to must pass `is_public`: a name's
     as it is looked up, an address's before the request."""
     options: dict[str, Any] = dict(limit=connections, limit_per_host=0, ttl_dns_cache=60)
-    connector = aiohttp.TCPConnector(**options) if allow_private else PublicOnlyConnector(is_public, **options)
+    connector = (aiohttp.TCPConnector(**options) if allow_private
+                 else PublicOnlyConnector(is_public, lookup, **options))
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),  # one user's cookies never reach another's site
@@ -328,8 +305,70 @@ async def _check_host(session: aiohttp.ClientSession, host: str) -> None:
         await asyncio.get_running_loop().run_in_executor(None, check_public_host, host)
 
 
+def _target(url: str | URL) -> URL:
+    """`url` as aiohttp will connect to it (yarl's reading, not urlsplit's), once it is
+    an http(s) address with a host and no user name or password in it."""
+    try:
+        target = url if isinstance(url, URL) else URL(url)
+    except (ValueError, TypeError):
+        raise BadNightscoutURL("that is not an address Scout can read") from None
+    if target.scheme not in ("http", "https") or not target.raw_host:
+        raise BadNightscoutURL("that is not an http(s) address with a host")
+    if target.user is not None or target.password is not None or "@" in (target.raw_authority or ""):
+        raise BadNightscoutURL("the address carries a user name or password, which Scout never sends on")
+    return target
+
+
+def _next_hop(current: URL, location: str) -> URL:
+    """Where a redirect points, read strictly: a Location with a backslash or a space is
+    read differently by different URL parsers (one checks a host, another connects to a
+    second one), so Scout refuses it rather than guess."""
+    if "\\" in location or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in location):
+        raise BadNightscoutURL("the site redirected to an address with a backslash or a space in it; "
+                               "Scout does not follow such redirects")
+    try:
+        joined = current.join(URL(location))
+    except (ValueError, TypeError):
+        raise BadNightscoutURL("the site redirected to an address Scout cannot read") from None
+    return _target(joined)
+
+
+_MEDIA_TYPE = re.compile(r"[a-z0-9.+-]{1,40}/[a-z0-9.+-]{1,80}")
+
+
+def _content_type(response: aiohttp.ClientResponse) -> str:
+    """The answer's media type, if it looks like one: never free text from the site."""
+    value = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if not value:
+        return "no content type"
+    return value if _MEDIA_TYPE.fullmatch(value) else "an unusual content type"
+
+
+def _status_failure(response: aiohttp.ClientResponse) -> PollFailure | None:
+    """A failed answer described by its status and content type, never by its body: the
+    body of an answer from the wrong server is exactly what must not reach the page."""
+    if response.status == 401:
+        return PollFailure("unauthorized", "HTTP 401")
+    if response.status != 200:
+        return PollFailure("http_status", f"HTTP {response.status}, {_content_type(response)}")
+    return None
+
+
+def _decode(body: bytes, content_type: str) -> PollResult:
+    if len(body) > MAX_BODY_BYTES:
+        return PollFailure("not_json", f"the answer is over {MAX_BODY_BYTES // 1024} kB, far too large "
+                                       "for a Nightscout entries list")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return PollFailure("not_json", f"the answer is {content_type}, {len(body)} bytes, not JSON")
+    return parse_entries(payload)
+
+
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
     """At most MAX_BODY_BYTES + 1 bytes of the body: enough to tell it is too large."""
+    if (response.content_length or 0) > MAX_BODY_BYTES:
+        return b"\0" * (MAX_BODY_BYTES + 1)  # announced too large: not worth reading
     chunks: list[bytes] = []
     size = 0
     while size <= MAX_BODY_BYTES:
@@ -349,29 +388,48 @@ async def fetch_readings_async(
     count: int = 3,
     timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
 ) -> PollResult:
-    """`fetch_readings` on an asyncio loop: the same answers, the same typed failures.
-    Never raises (except when cancelled)."""
+    """Fetch the latest `count` entries of the user's Nightscout: readings, or a typed
+    failure that describes the answer without repeating it. Never raises (except when
+    cancelled).
+
+    The whole fetch, redirects included, ends within connect + read time: a site that
+    trickles a byte every few seconds cannot hold a page, a webhook or a poll longer."""
+    connect_s, read_s = timeout
+    total = connect_s + read_s
+    try:
+        async with asyncio.timeout(total):
+            return await _fetch(user, session, allow_private, count, connect_s, read_s)
+    except TimeoutError:
+        return PollFailure("timeout", f"no complete answer within {total:g} s")
+
+
+async def _fetch(user: User, session: aiohttp.ClientSession, allow_private: bool, count: int,
+                 connect_s: float, read_s: float) -> PollResult:
     prepared = _request(user, count)  # the host is checked below, or as it is looked up
     if isinstance(prepared, PollFailure):
         return prepared
-    url, headers = prepared
-    connect_s, read_s = timeout
     limits = _client_timeout(connect_s, read_s)
     redirected = ""
     try:
+        url = _target(prepared[0])
+        headers = prepared[1]
+        first_host = url.host
         if not allow_private:
-            await _check_host(session, urlsplit(url).hostname or "")
+            await _check_host(session, url.raw_host or "")
         for _redirect in range(MAX_REDIRECTS + 1):
+            if url.host != first_host:  # the API secret is for the user's own site only
+                headers = {k: v for k, v in headers.items() if k != "api-secret"}
             async with session.get(url, headers=headers, timeout=limits, allow_redirects=False) as response:
                 if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
                     redirected = "redirected: "
+                    url = _next_hop(url, response.headers["location"])
                     if not allow_private:
-                        await _check_host(session, urlsplit(url).hostname or "")
+                        await _check_host(session, url.raw_host or "")
                     continue
-                failure = _status_failure(response.status)
+                failure = _status_failure(response)
                 if failure is not None:
                     return failure
+                content_type = _content_type(response)
                 body = await _read_limited(response)
                 break
         else:
@@ -382,12 +440,41 @@ async def fetch_readings_async(
         return PollFailure("timeout", f"no connection within {connect_s:g} s")
     except aiohttp.SocketTimeoutError:
         return PollFailure("timeout", f"no answer within {read_s:g} s")
-    except TimeoutError:
-        return PollFailure("timeout", f"no complete answer within {connect_s + read_s:g} s")
     except aiohttp.ClientConnectorDNSError as exc:
         if isinstance(exc.os_error, RefusedHost):
             return PollFailure("refused_url", f"{redirected}{exc.os_error}")
         return PollFailure("unreachable", type(exc).__name__)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         return PollFailure("unreachable", type(exc).__name__)
-    return _decode(body)
+    return _decode(body, content_type)
+
+
+# --- the same client, for callers without an event loop ----------------------------
+
+
+def fetch_readings(
+    user: User,
+    *,
+    allow_private: bool = False,
+    count: int = 3,
+    timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+    is_public: Callable[[str], bool] = is_public_address,
+    lookup: Lookup | None = None,
+) -> PollResult:
+    """`fetch_readings_async` for the page ("Check my Nightscout") and the webhooks: the
+    poller's client, with its address checks, deadline and body cap, on a loop of its
+    own. `is_public` is the address policy (tests name the loopback servers that stand
+    for public sites). Never raises."""
+
+    async def once() -> PollResult:
+        async with open_async_session(2, allow_private, is_public, lookup) as session:
+            return await fetch_readings_async(user, session, allow_private=allow_private, count=count,
+                                              timeout=timeout)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(once())
+    # called from a coroutine: a loop cannot be nested, so the fetch gets a thread of its own
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightscout") as pool:
+        return pool.submit(asyncio.run, once()).result()

@@ -7,26 +7,31 @@ never from the form, so nobody can read or change another person's record.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, flash, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
 from models import MAX_EXTRA_CONTACTS, LogEntry, User
 from scout.config import Config
-from scout.context import current_user_id, get_config, get_store
+from scout.context import address_policy, client_address, current_user_id, end_session, get_config, get_store, start_session
+from scout.logs import mask_text
 from scout.readings import PollFailure, Readings, format_value
-from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, read_settings
+from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, normalize_phone, read_settings
 
 bp = Blueprint("pages", __name__)
 log = logging.getLogger("scout.pages")
 
 RECENT_LOG_ENTRIES = 20
-TEST_CALL_INTERVAL = 120  # seconds between two test calls of one user
+TEST_CALL_INTERVAL = 120  # seconds between two test calls of one user, or to one number
+TEST_CALLS_PER_NUMBER_PER_DAY = 10  # however many accounts list the number
+CHECKS_PER_WINDOW = (10, 600)  # "Check my Nightscout": 10 per user per 10 minutes
+SIGN_INS_PER_WINDOW = (30, 600)  # sign-in attempts per client address per 10 minutes
 TEST_CALL_TEXT = (
     "This is a test call from Scout. Your glucose alerts will reach you on this phone. "
     "Nothing is wrong; no action is needed."
@@ -47,9 +52,7 @@ def signed_in_user() -> User | None:
 def sign_in(user: User) -> None:
     """Start a fresh session for `user`, keyed only by their verified id (a new session
     also means a new CSRF token, so a token seen before sign-in is useless after)."""
-    session.clear()
-    session["user_id"] = user.id
-    session.permanent = True
+    start_session(user.id)
 
 
 def to_sign_in() -> Response:
@@ -145,7 +148,8 @@ def save_settings() -> Response | Page:
     if user is None:
         return to_sign_in()
     config = get_config()
-    result = read_settings(request.form, user, config.default_region, allow_private=config.dev)
+    result = read_settings(request.form, user, config.default_region, allow_private=config.dev,
+                           allowed_countries=config.allowed_countries)
     if result.user is None:
         return render_settings(user, submitted_values(user), result.errors, status=400)
     get_store().save_user(result.user)
@@ -170,7 +174,13 @@ def check_nightscout() -> Response:
     if not user.nightscout_url:
         show_result("Save your Nightscout address first, then check it.", "error")
         return redirect(url_for("pages.index", _anchor="check"))
-    poll = fetch_readings(user, allow_private=get_config().dev, timeout=(5.0, 8.0))
+    limit, window = CHECKS_PER_WINDOW
+    wait = get_store().take_allowance(f"check:user:{user.id}", time.time(), window, limit)
+    if wait > 0:
+        show_result(f"You checked {limit} times in the last {window // 60} minutes. "
+                    f"Try again in {math.ceil(wait)} seconds.", "error")
+        return redirect(url_for("pages.index", _anchor="check"))
+    poll = fetch_readings(user, allow_private=get_config().dev, timeout=(5.0, 8.0), is_public=address_policy())
     show_result(*describe_poll(poll, user.units, time.time()))
     return redirect(url_for("pages.index", _anchor="check"))
 
@@ -195,30 +205,42 @@ def describe_poll(poll: PollFailure | Readings, units: str, now: float) -> tuple
 
 @bp.post("/test-alert")
 def test_alert() -> Response:
-    """Place one test call to the user's phone through the configured telephony,
-    at most one per TEST_CALL_INTERVAL, counted from the alert log (not from memory,
-    so it holds across workers and restarts)."""
+    """Place one test call to the user's phone through the configured telephony, at
+    most one per TEST_CALL_INTERVAL per user and per number (and a few a day per
+    number), counted in the store: the limits hold across workers, restarts and the
+    deletion of the user's data, so nobody can ring a number over and over."""
     user = signed_in_user()
     if user is None:
         return to_sign_in()
     if not user.phone:
         show_result("Save your phone number first, then send a test call.", "error")
         return redirect(url_for("pages.index", _anchor="test"))
+    config = get_config()
+    try:  # a number saved before today's rules (or imported) is checked again before it is dialled
+        normalize_phone(user.phone, config.default_region, config.allowed_countries)
+    except ValueError as exc:
+        show_result(f"Scout will not call your saved number: {exc}", "error")
+        return redirect(url_for("pages.index", _anchor="test"))
     now = time.time()
     wait = seconds_until_next_test(user, now)
     if wait > 0:
-        show_result(f"A test call was placed less than {TEST_CALL_INTERVAL // 60} minutes ago. "
-              f"Try again in {wait} seconds.", "error")
+        show_result(f"A test call was placed to this account or this number less than "
+                    f"{TEST_CALL_INTERVAL // 60} minutes ago. Try again in {wait} seconds.", "error")
         return redirect(url_for("pages.index", _anchor="test"))
     show_result(*place_test_call(user, now))
     return redirect(url_for("pages.index", _anchor="test"))
 
 
 def seconds_until_next_test(user: User, now: float) -> int:
-    tests = [e for e in get_store().user_log(user.id, RECENT_LOG_ENTRIES) if e.purpose == "test"]
-    if not tests:
-        return 0
-    return max(0, int(tests[0].created_at + TEST_CALL_INTERVAL - now + 0.999))
+    """0, with the test call counted against every limit; or the seconds to wait."""
+    store = get_store()
+    for key, window, limit in ((f"test-call:user:{user.id}", TEST_CALL_INTERVAL, 1),
+                               (f"test-call:number:{user.phone}", TEST_CALL_INTERVAL, 1),
+                               (f"test-call:number-day:{user.phone}", 86400, TEST_CALLS_PER_NUMBER_PER_DAY)):
+        wait = store.take_allowance(key, now, window, limit)
+        if wait > 0:
+            return math.ceil(wait)
+    return 0
 
 
 def place_test_call(user: User, now: float) -> tuple[str, str]:
@@ -236,7 +258,7 @@ def place_test_call(user: User, now: float) -> tuple[str, str]:
     try:
         Engine(store=store, messenger=make_messenger(get_config())).send(entry)
     except Exception as exc:  # a misconfigured provider must show on the page, not as a 500
-        log.exception("test call failed user=%s", user.id)
+        log.error("test call failed user=%s: %s", user.id, mask_text(f"{type(exc).__name__}: {exc}"))
         store.update_log(key, status="permanent", error=f"{type(exc).__name__}: {exc}", claimed_until=0.0)
     sent = store.get_log(key)
     if sent is None or sent.status not in ("sent",):
@@ -261,14 +283,24 @@ def delete_account() -> Response:
         return to_sign_in()
     get_store().delete_user(user.id)
     log.info("user deleted their data user=%s", user.id)
-    session.clear()
+    end_session()  # every copy of the session ends with the data
     flash("Your settings, alert state and alert log were deleted. Scout no longer watches your Nightscout.", "ok")
     return redirect(url_for("pages.index"))
 
 
-@bp.route("/logout", methods=["GET", "POST"])
+@bp.post("/logout")
 def logout() -> Response:
-    session.clear()
+    """Sign out: a POST with the CSRF token (another site cannot sign anyone out), and
+    every copy of the session ends, not only this browser's cookie."""
+    end_session()
+    return redirect(url_for("pages.index"))
+
+
+@bp.get("/logout")
+def logout_page() -> Response:
+    """An old link or bookmark: signing out takes the button, which carries the CSRF token."""
+    if current_user_id() is not None:
+        flash("To sign out, use the Sign out button at the top of the page.", "info")
     return redirect(url_for("pages.index"))
 
 
@@ -298,7 +330,7 @@ def find_or_create_user(subject: str, email: str, name: str, email_verified: boo
     store.save_user(user)
     if legacy is not None:
         store.delete_user(legacy.id)  # only after the adopted copy is saved
-        log.info("adopted the tutorial-era record of %s as user=%s", email, subject)
+        log.info("adopted a tutorial-era record as user=%s", subject)
     return user
 
 
@@ -315,6 +347,11 @@ def login() -> Response:
     if not config.google_client_id:
         return render_signin("Google sign-in is not configured on this Scout (GOOGLE_CLIENT_ID is unset).", 400)
     cookie_token = request.cookies.get("g_csrf_token", "")
+    limit, window = SIGN_INS_PER_WINDOW
+    if get_store().take_allowance(f"signin:client:{client_address()}", time.time(), window, limit) > 0:
+        log.warning("Google sign-in refused: too many attempts from one client address")
+        return render_signin("Too many sign-in attempts from your network. Please wait a few minutes and "
+                             "try again.", 429)
     if not cookie_token or cookie_token != request.form.get("g_csrf_token", ""):
         log.warning("Google sign-in refused: g_csrf_token cookie and field missing or different")
         return render_signin("Sign-in refused: the request did not come from Google's sign-in button. "
@@ -334,33 +371,55 @@ def verify_google_token(credential: str, config: Config) -> dict[str, Any] | Non
     (our GOOGLE_CLIENT_ID), issuer and expiry all check out; None otherwise.
     SCOUT_GOOGLE_CERTS_URL points at other keys, for tests only."""
     import google.auth.exceptions
-    import google.auth.transport.requests
     import requests
+    from google.auth import jwt
     from google.oauth2 import id_token
 
     certs_url = config.get("SCOUT_GOOGLE_CERTS_URL") or id_token._GOOGLE_OAUTH2_CERTS_URL
-    http = requests.Session()
-    http.request = _with_timeout(http.request)  # type: ignore[method-assign]
     try:
-        claims = id_token.verify_token(
-            credential, google.auth.transport.requests.Request(session=http),
-            audience=config.google_client_id, certs_url=certs_url, clock_skew_in_seconds=10,
-        )
+        certs = google_certs(certs_url, time.time())
+        claims = jwt.decode(credential, certs=certs, audience=config.google_client_id, clock_skew_in_seconds=10)
     except (ValueError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
         log.warning("Google ID token refused: %s", exc)
         return None
-    finally:
-        http.close()
     if claims.get("iss") not in GOOGLE_ISSUERS or not claims.get("sub"):
         log.warning("Google ID token refused: issuer %r, subject %r", claims.get("iss"), claims.get("sub"))
         return None
     return dict(claims)
 
 
-def _with_timeout(request_method: Callable[..., Any]) -> Callable[..., Any]:
-    """requests has no session-wide timeout; google-auth sets none when fetching the keys."""
-    def bounded(method: str, url: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", 10)
-        return request_method(method, url, **kwargs)
+# Google's public keys, kept as long as their Cache-Control allows (hours): a sign-in,
+# good or bad, does not fetch them again. Keys are public and the same for every user,
+# so this cache in memory is no state of Scout's to lose.
+_certs: dict[str, tuple[float, dict[str, str]]] = {}
+_certs_lock = threading.Lock()
+CERTS_FETCH_TIMEOUT = 10.0
 
-    return bounded
+
+def google_certs(url: str, now: float) -> dict[str, str]:
+    with _certs_lock:
+        cached = _certs.get(url)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        import requests
+
+        response = requests.get(url, timeout=CERTS_FETCH_TIMEOUT)
+        if response.status_code != 200:
+            raise ValueError(f"Google's keys could not be fetched: HTTP {response.status_code}")
+        certs = response.json()
+        if not isinstance(certs, dict):
+            raise ValueError("Google's keys are not a JSON object")
+        _certs[url] = (now + cache_max_age(response.headers.get("Cache-Control", "")), certs)
+        return certs
+
+
+def cache_max_age(cache_control: str) -> float:
+    """Seconds an answer may be kept by its Cache-Control (0 for no-store, no-cache or none)."""
+    directives = [part.strip().lower() for part in cache_control.split(",")]
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    for directive in directives:
+        name, _, value = directive.partition("=")
+        if name.strip() == "max-age" and value.strip().isdigit():
+            return float(min(int(value.strip()), 7 * 24 * 3600))
+    return 0.0

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import requests
 import schedule
-from requests.adapters import HTTPAdapter
 
 from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User, UserFeed
 from scout.alerts import Rules
@@ -116,16 +114,6 @@ def allowed_connections(wanted: int) -> int:
     return max(16, min(wanted, soft - RESERVED_FILES))
 
 
-def http_session(workers: int) -> requests.Session:
-    """One connection pool shared by the polling threads."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=workers, pool_maxsize=workers, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = "Scout (Nightscout notifier)"
-    return session
-
-
 @dataclass
 class CycleSummary:
     started_at: float
@@ -174,7 +162,6 @@ class Poller:
             rules=rules_from(config),
             allow_private=config.dev,
             clock=clock,
-            session=http_session(self.workers),
         )
         self.clock = clock
         # A supervised poller inherits its supervisor's holder name, so a poller restarted
@@ -321,9 +308,9 @@ class Poller:
 
     @staticmethod
     def _log_poll(result: UserResult) -> None:
-        log.info("poll user=%s ok=%s reason=%s calls=%d messages=%d elapsed=%.3f summary=%s",
-                 result.user_id, result.ok, result.reason or "-", result.calls, result.messages, result.elapsed,
-                 result.summary)
+        log.info("poll user=%s ok=%s reason=%s calls=%d messages=%d elapsed=%.3f",
+                 result.user_id, result.ok, result.reason or "-", result.calls, result.messages, result.elapsed)
+        log.debug("poll user=%s summary=%s", result.user_id, result.summary)  # glucose values: DEBUG only
 
     def release(self) -> None:
         try:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import phonenumbers
+from phonenumbers import PhoneNumberType
 from werkzeug.datastructures import MultiDict
 
 from models import CHANNELS, DEFAULT_HIGH_MGDL, DEFAULT_LOW_MGDL, MAX_EXTRA_CONTACTS, Contact, User
@@ -34,8 +35,22 @@ class SettingsResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def normalize_phone(raw: str, region: str) -> str:
-    """A phone number in E.164 (+15551234567), or ValueError with a message for the user."""
+# Number types Scout never calls or texts: they cost the operator per minute (premium
+# rate, shared cost), reach no person (voicemail-only), or cannot be told apart
+# (universal access numbers, unknown types). Toll fraud starts with such a number.
+REFUSED_NUMBER_TYPES = {
+    PhoneNumberType.PREMIUM_RATE: "a premium-rate number",
+    PhoneNumberType.SHARED_COST: "a shared-cost number",
+    PhoneNumberType.UAN: "a universal access number",
+    PhoneNumberType.VOICEMAIL: "a voicemail-only number",
+    PhoneNumberType.UNKNOWN: "a number of a kind Scout cannot tell",
+}
+
+
+def normalize_phone(raw: str, region: str, allowed_countries: frozenset[str] = frozenset()) -> str:
+    """A phone number in E.164 (+15551234567), or ValueError with a message for the user.
+    Only numbers a person answers, in an allowed country (SCOUT_ALLOWED_COUNTRIES; empty:
+    any), are accepted."""
     text = (raw or "").strip()
     if not text:
         raise ValueError("Enter a phone number.")
@@ -47,6 +62,14 @@ def normalize_phone(raw: str, region: str) -> str:
         raise ValueError(f"{text!r} is not a phone number. Include the country code, e.g. +1 555 123 4567.") from None
     if not phonenumbers.is_valid_number(number):
         raise ValueError(f"{text!r} is not a valid phone number. Check the digits and the country code.")
+    refused = REFUSED_NUMBER_TYPES.get(phonenumbers.number_type(number))
+    if refused:
+        raise ValueError(f"{text!r} is {refused}: Scout only calls and texts mobile and landline numbers. "
+                         "Enter a number a person answers.")
+    country = phonenumbers.region_code_for_number(number) or ""
+    if allowed_countries and country not in allowed_countries:
+        raise ValueError(f"{text!r} is a number in {country or 'no country'}; this Scout calls and texts numbers in "
+                         f"{', '.join(sorted(allowed_countries))} only. Ask the operator if you need another country.")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -76,7 +99,8 @@ def _channel(value: str) -> str:
 
 
 def read_contacts(
-    phones: Sequence[str], channels: Sequence[str], region: str, errors: dict[str, str], taken: set[str]
+    phones: Sequence[str], channels: Sequence[str], region: str, errors: dict[str, str], taken: set[str],
+    allowed_countries: frozenset[str] = frozenset(),
 ) -> list[Contact]:
     """The extra contacts in page order. Empty rows are skipped; an error is keyed by the
     row's position on the page. `taken` holds numbers already used elsewhere in the form."""
@@ -91,7 +115,7 @@ def read_contacts(
     contacts = []
     for index, phone, channel in rows:
         try:
-            number = normalize_phone(phone, region)
+            number = normalize_phone(phone, region, allowed_countries)
         except ValueError as exc:
             errors[f"extra_contacts-{index}"] = str(exc)
             continue
@@ -152,13 +176,14 @@ def read_credential(form: Mapping[str, str], name: str, saved: str, errors: dict
     return value
 
 
-def read_phones(form: Mapping[str, str], region: str, errors: dict[str, str]) -> tuple[str, str]:
+def read_phones(form: Mapping[str, str], region: str, errors: dict[str, str],
+                allowed_countries: frozenset[str] = frozenset()) -> tuple[str, str]:
     """The user's own phone and the emergency contact, in E.164; they must differ, because
     the emergency contact is texted exactly when the user does not answer."""
     numbers = {}
     for name in ("phone", "emergency_contact"):
         try:
-            numbers[name] = normalize_phone(form.get(name, ""), region)
+            numbers[name] = normalize_phone(form.get(name, ""), region, allowed_countries)
         except ValueError as exc:
             errors[name] = str(exc)
     phone, emergency = numbers.get("phone", ""), numbers.get("emergency_contact", "")
@@ -169,7 +194,8 @@ def read_phones(form: Mapping[str, str], region: str, errors: dict[str, str]) ->
     return phone, emergency
 
 
-def read_settings(form: MultiDict[str, str], user: User, region: str, allow_private: bool) -> SettingsResult:
+def read_settings(form: MultiDict[str, str], user: User, region: str, allow_private: bool,
+                  allowed_countries: frozenset[str] = frozenset()) -> SettingsResult:
     """Check every field; return the updated user, or the errors and no user."""
     errors: dict[str, str] = {}
     units = form.get("units") or "mg/dL"
@@ -179,9 +205,10 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
     url = read_nightscout(form, allow_private, errors)
     token = read_credential(form, "nightscout_token", user.nightscout_token, errors)
     secret = read_credential(form, "nightscout_api_secret", user.nightscout_api_secret, errors)
-    phone, emergency = read_phones(form, region, errors)
+    phone, emergency = read_phones(form, region, errors, allowed_countries)
     taken = {number for number in (phone, emergency) if number}
-    extra = read_contacts(form.getlist("extra_contacts"), form.getlist("extra_channels"), region, errors, taken)
+    extra = read_contacts(form.getlist("extra_contacts"), form.getlist("extra_channels"), region, errors, taken,
+                          allowed_countries)
     low, high = read_thresholds(form, units, errors)
     if errors:
         return SettingsResult(None, errors)

@@ -12,7 +12,7 @@ from models import Store
 from scout import devtools, pages, webhooks
 from scout.cli import register_commands
 from scout.config import Config, load_config
-from scout.context import get_store
+from scout.context import get_config, get_store
 from scout.logs import configure_logging
 
 HEALTHY_WITHIN = 180.0  # /healthz fails when no poll cycle finished in the last 3 minutes
@@ -33,6 +33,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=not config.dev,
         WTF_CSRF_TIME_LIMIT=None,
+        PERMANENT_SESSION_LIFETIME=config.session_max_age,  # the cookie's life; the store ends it sooner
         MAX_CONTENT_LENGTH=64 * 1024,
         SCOUT=config,
     )
@@ -84,4 +85,7 @@ def _security_headers(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")
+    if get_config().site_url.startswith("https://"):
+        # browsers then refuse plain http for this site for a year: no downgrade to steal the cookie
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     return response

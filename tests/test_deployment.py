@@ -76,7 +76,7 @@ class Gunicorn:
             try:
                 requests.get(f"{self.base}/healthz", timeout=2)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a worker still booting on a loaded machine
                 if time.time() > deadline:
                     raise AssertionError(f"gunicorn did not answer within 30 s:\n{self.output()}") from None
                 time.sleep(0.2)

@@ -249,7 +249,7 @@ def test_a_low_calls_once_and_the_unanswered_console_call_texts_every_contact_on
     httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(
         entries(54, 62, 70, direction="SingleDown"))
     firestore_store.save_user(make_user(httpserver.url_for("/api/v1/entries.json")))
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # the console shows what it says at DEBUG: values stay out of INFO logs
     poller = Poller(config, store=firestore_store)
     try:
         summary = poller.run_cycle()

@@ -104,7 +104,7 @@ def test_importing_twice_changes_nothing(config: Config, each_store: Any, tmp_pa
 
 def test_a_file_that_is_not_a_list_of_documents_is_refused_with_the_reason(app: Flask, tmp_path: Path) -> None:
     result = run_import(app, tmp_path, 42)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "cannot be imported: expected a JSON list of scouts documents" in result.output
 
 

@@ -23,7 +23,7 @@ from models import Contact, User
 from scout.config import load_config
 from scout.store.sqlite import SqliteStore
 from scout.web import create_app
-from tests.conftest import dev_env
+from tests.conftest import csrf_token, dev_env
 
 CLIENT_ID = "1234-scout.apps.googleusercontent.com"
 KEY_ID = "scout-test-key"
@@ -210,5 +210,5 @@ def test_logout_ends_the_google_session(
 ) -> None:
     post_credential(google_client, id_token(google_key))
     assert "Your alert settings" in google_client.get("/").get_data(as_text=True)
-    google_client.get("/logout")
+    google_client.post("/logout", data={"csrf_token": csrf_token(google_client)})
     assert "Sign in to Scout" in google_client.get("/").get_data(as_text=True)

@@ -266,3 +266,36 @@ def test_users_are_plain_values_that_survive_the_round_trip(each_store: Any) -> 
     bare = User(id="sub-new", email="new@example.com")
     each_store.save_user(bare)
     assert each_store.get_user("sub-new") == bare
+
+
+# --- abuse limits and sessions (issue 12) ---------------------------------------------
+
+
+def test_an_allowance_counts_uses_in_a_window_and_says_how_long_to_wait(each_store: Any) -> None:
+    assert each_store.take_allowance("test-call:user:sub-ana", T0, 120, 2) == 0
+    assert each_store.take_allowance("test-call:user:sub-ana", T0 + 1, 120, 2) == 0
+    assert each_store.take_allowance("test-call:user:sub-ana", T0 + 20, 120, 2) == 100
+    assert each_store.take_allowance("test-call:user:sub-bo", T0 + 20, 120, 2) == 0  # each key counts apart
+    assert each_store.take_allowance("test-call:user:sub-ana", T0 + 120, 120, 2) == 0  # a new window
+
+
+def test_allowances_and_session_generations_outlive_the_users_data_and_the_process(each_store: Any) -> None:
+    each_store.save_user(make_user())
+    assert each_store.take_allowance("test-call:number:+14155552671", T0, 120, 1) == 0
+    assert each_store.session_generation("sub-ana") == 0
+    assert each_store.end_sessions("sub-ana") == 1
+    each_store.delete_user("sub-ana")
+    other = second_handle(each_store)  # another instance, or this one restarted
+    try:
+        assert other.take_allowance("test-call:number:+14155552671", T0 + 1, 120, 1) > 0
+        assert other.session_generation("sub-ana") == 1
+        assert other.end_sessions("sub-ana") == 2
+    finally:
+        if other is not each_store:
+            other.close()
+    assert each_store.session_generation("sub-ana") == 2
+
+
+def test_a_burst_of_simultaneous_uses_gets_exactly_the_limit(each_store: Any) -> None:
+    waits = all_at_once(6, lambda i: each_store.take_allowance("signin:client:203.0.113.9", T0, 60, 2))
+    assert sorted(w == 0 for w in waits) == [False] * 4 + [True] * 2

@@ -225,7 +225,7 @@ def test_check_my_nightscout_shows_value_units_arrow_and_age(
     (401, "Unauthorized", "refused access (401): the access token or API secret is missing or wrong"),
     (200, "<!doctype html><title>Blog</title>", "did not answer with Nightscout data (is this a Nightscout site?)"),
     (200, "[]", "has no glucose readings"),
-    (503, "down", "answered with an error (HTTP 503)"),
+    (503, "down", "answered with an error (HTTP 503, text/plain)"),
 ])
 def test_check_my_nightscout_says_exactly_why_it_failed(
     client: FlaskClient, auth: DevAuth, httpserver: object, status: int, body: str, expected: str

@@ -11,6 +11,11 @@ It implements exactly the `Store` protocol of models.py. Collections:
 - `poller_leases`: the lease that lets one poller act at a time.
 - `poller_cycles`: the last finished cycle, for /healthz.
 - `write_guards`: one tiny document per guarded write (see `_consume_token`).
+- `abuse_limits`: one counter per limited key (test calls per number and per user,
+  checks per user, sign-in attempts per client address), id = the key's SHA-256, so no
+  phone number or address is stored in the clear. Never removed with a user's data.
+- `sessions`: one document per user who ever signed out, carrying the generation that
+  signed sessions must match.
 
 Costs: the poller keeps the user list from a snapshot listener (reads only changed users),
 reads one state document per user per cycle, and writes only when something changed.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -48,6 +54,7 @@ from models import (
     StoreUnavailable,
     User,
     UserFeed,
+    allowance_after,
     is_tutorial_era,
     new_log_id,
 )
@@ -61,6 +68,8 @@ ALERT_LOG = "alert_log"
 LEASES = "poller_leases"
 CYCLES = "poller_cycles"
 WRITE_GUARDS = "write_guards"
+ABUSE_LIMITS = "abuse_limits"
+SESSIONS = "sessions"
 
 UNSENT_STATUSES = ["pending", "failed", "sending"]
 GUARD_LIFETIME = dt.timedelta(days=7)  # a TTL policy on `expire_at` deletes guards after this
@@ -586,6 +595,42 @@ class FirestoreStore:
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, google_errors.AlreadyExists):
                 raise  # on a conflict another poller has just taken the lease: nothing to release
+
+    # --- abuse limits and sessions (never removed with a user's data) ----------------------
+
+    def take_allowance(self, key: str, now: float, window: float, limit: int) -> float:
+        ref = self.collection(ABUSE_LIMITS).document(hashlib.sha256(key.encode("utf-8")).hexdigest())
+
+        def take(transaction: Any) -> float:
+            snapshot = ref.get(transaction=transaction)
+            data = snapshot.to_dict() or {}
+            current = (float(data["window_start"]), int(data["count"])) if snapshot.exists else None
+            record, wait = allowance_after(current, now, window, limit)
+            if record is not None:
+                # expire_at: a TTL policy deletes the counter once its window is over
+                expire_at = dt.datetime.fromtimestamp(record[0] + window, dt.UTC)
+                self._guarded_write(transaction, ref, snapshot,
+                                    {"window_start": record[0], "count": record[1], "expire_at": expire_at})
+            return wait
+
+        for _attempt in range(5):
+            try:
+                return float(self._run_transaction("count a use against its limit", take))
+            except StoreUnavailable as exc:
+                if not isinstance(exc.__cause__, google_errors.AlreadyExists):
+                    raise  # AlreadyExists: another request counted at the same moment; count again
+        return window  # still contended after five tries: refuse rather than let a burst through
+
+    def session_generation(self, user_id: str) -> int:
+        with _unavailable_on_error("read the session generation"):
+            snapshot = self.collection(SESSIONS).document(user_id).get()
+        return int((snapshot.to_dict() or {}).get("generation") or 0) if snapshot.exists else 0
+
+    def end_sessions(self, user_id: str) -> int:
+        ref = self.collection(SESSIONS).document(user_id)
+        with _unavailable_on_error("end the sessions"):
+            ref.set({"generation": firestore.Increment(1)}, merge=True)
+        return self.session_generation(user_id)
 
     def record_cycle(self, record: CycleRecord) -> None:
         with _unavailable_on_error("record the poll cycle"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -18,6 +19,7 @@ from models import (
     StoreUnavailable,
     User,
     UserFeed,
+    allowance_after,
     new_log_id,
 )
 
@@ -64,6 +66,15 @@ CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS abuse_limits (
+    key TEXT PRIMARY KEY,
+    window_start REAL NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    user_id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -294,6 +305,30 @@ class SqliteStore:
     def release_lease(self, name: str, holder: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    # --- abuse limits and sessions (never removed with a user's data) ----------------------
+
+    def take_allowance(self, key: str, now: float, window: float, limit: int) -> float:
+        # stored by its hash: a deleted user's phone number does not stay behind in clear
+        key = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        with self._transaction() as db:
+            row = db.execute("SELECT window_start, count FROM abuse_limits WHERE key = ?", (key,)).fetchone()
+            record, wait = allowance_after((float(row[0]), int(row[1])) if row else None, now, window, limit)
+            if record is not None:
+                db.execute("INSERT INTO abuse_limits (key, window_start, count) VALUES (?, ?, ?) ON CONFLICT (key) "
+                           "DO UPDATE SET window_start = excluded.window_start, count = excluded.count",
+                           (key, *record))
+        return wait
+
+    def session_generation(self, user_id: str) -> int:
+        rows = self._query("SELECT generation FROM sessions WHERE user_id = ?", (user_id,))
+        return int(rows[0][0]) if rows else 0
+
+    def end_sessions(self, user_id: str) -> int:
+        with self._transaction() as db:
+            db.execute("INSERT INTO sessions (user_id, generation) VALUES (?, 1) ON CONFLICT (user_id) "
+                       "DO UPDATE SET generation = generation + 1", (user_id,))
+            return int(db.execute("SELECT generation FROM sessions WHERE user_id = ?", (user_id,)).fetchone()[0])
 
     def record_cycle(self, record: CycleRecord) -> None:
         with self._transaction() as db:

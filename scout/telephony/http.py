@@ -15,6 +15,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 
+from scout.logs import mask_text
 from scout.telephony.base import TelephonyError
 
 log = logging.getLogger("scout.telephony")
@@ -51,7 +52,7 @@ def with_retries(operation: Callable[[], T], what: str, sleep: Callable[[float],
         except RetryableTelephonyError as exc:
             if delay is None or time.monotonic() - started + delay > RETRY_BUDGET:
                 raise
-            log.warning("%s failed (%s); trying again in %.1f s", what, exc, delay)
+            log.warning("%s failed (%s); trying again in %.1f s", what, mask_text(str(exc)), delay)
             sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
 

@@ -18,6 +18,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
+from scout.logs import mask_phone
 from scout.telephony.base import PRESS_ONE, CallPlaced, TelephonyError, call_script
 from scout.telephony.http import (
     REQUEST_TIMEOUT,
@@ -155,7 +156,7 @@ class TwilioMessenger:
             )
 
         call = with_retries(lambda: twilio_request(create, what), what)
-        log.info("twilio call placed to=%s sid=%s", to, call.sid)
+        log.info("twilio call placed to=%s sid=%s", mask_phone(to), call.sid)
         return CallPlaced(str(call.sid))
 
     def send_message(self, to: str, channel: str, body: str) -> str:

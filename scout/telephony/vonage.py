@@ -24,6 +24,7 @@ from vonage_messages.models import Sms, WhatsappText
 from vonage_utils.errors import VonageError
 from vonage_voice.models import CreateCallRequest, Dtmf, Input, Phone, Talk, ToPhone
 
+from scout.logs import mask_phone
 from scout.telephony.base import PRESS_ONE, CallPlaced, TelephonyError, call_script
 from scout.telephony.http import (
     REQUEST_TIMEOUT,
@@ -175,7 +176,7 @@ class VonageMessenger:
             ))
 
         call = with_retries(lambda: vonage_request(create, what), what)
-        log.info("vonage call placed to=%s uuid=%s", to, call.uuid)
+        log.info("vonage call placed to=%s uuid=%s", mask_phone(to), call.uuid)
         return CallPlaced(call.uuid)
 
     def send_message(self, to: str, channel: str, body: str) -> str:
