@@ -15,6 +15,12 @@ DEFAULT_DB_PATH = "instance/scout.sqlite3"
 DEFAULT_FIRESTORE_TIMEOUT = 10.0
 MAX_FIRESTORE_TIMEOUT = 300.0
 DEFAULT_SESSION_MAX_AGE = 7 * 24 * 3600  # seconds a sign-in lasts at most
+# Cloud Tasks dispatch (scout.dispatch): shards of users per cycle, and the queue they go to.
+DEFAULT_SHARDS = 16
+MAX_SHARDS = 1000
+DEFAULT_TASKS_QUEUE = "scout-poll"
+EMULATOR_PROJECT = "scout-local"  # the project and location names used with a local Cloud Tasks emulator
+EMULATOR_LOCATION = "local"
 
 
 class ConfigError(Exception):
@@ -51,6 +57,11 @@ class Config:
     session_max_age: int = DEFAULT_SESSION_MAX_AGE
     allowed_countries: frozenset[str] = frozenset()  # empty: every country (see SCOUT_ALLOWED_COUNTRIES)
     client_ip_header: str = ""  # the header a trusted front end puts the client's address in
+    dispatch: str = "embedded"  # or "cloudtasks": the lease holder enqueues shards (scout.dispatch)
+    shards: int = DEFAULT_SHARDS
+    tasks_queue: str = ""  # projects/P/locations/L/queues/Q, with SCOUT_DISPATCH=cloudtasks
+    tasks_service: str = ""  # the App Engine service the tasks go to; empty: the default service
+    tasks_emulator_host: str = ""
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, default: str = "") -> str:
@@ -170,6 +181,50 @@ def _check_vonage(env: Mapping[str, str]) -> None:
     _check_base_url(env, "SCOUT_VONAGE_BASE_URL")
 
 
+@dataclass(frozen=True)
+class TasksSettings:
+    dispatch: str = "embedded"
+    shards: int = DEFAULT_SHARDS
+    queue: str = ""
+    service: str = ""
+    emulator_host: str = ""
+
+
+def _name(env: Mapping[str, str], name: str, default: str, pattern: str, example: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if raw and not re.fullmatch(pattern, raw):
+        raise ConfigError(f"{name} must be a name such as {example!r} (letters, digits and hyphens), got {raw!r}.")
+    return raw
+
+
+def _tasks_settings(env: Mapping[str, str]) -> TasksSettings:
+    """SCOUT_DISPATCH and, with cloudtasks, where the shard tasks go (see docs/deploy.md)."""
+    dispatch = env.get("SCOUT_DISPATCH", "").strip().lower() or "embedded"
+    if dispatch not in ("embedded", "cloudtasks"):
+        raise ConfigError(f"SCOUT_DISPATCH must be 'embedded' or 'cloudtasks', got {dispatch!r}.")
+    shards = _int(env, "SCOUT_SHARDS", DEFAULT_SHARDS, minimum=1)
+    if shards > MAX_SHARDS:
+        raise ConfigError(f"SCOUT_SHARDS must be at most {MAX_SHARDS}, got {shards}.")
+    if dispatch == "embedded":
+        return TasksSettings(shards=shards)
+    emulator = env.get("SCOUT_TASKS_EMULATOR_HOST", "").strip()
+    if emulator and not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}", emulator):
+        raise ConfigError(f"SCOUT_TASKS_EMULATOR_HOST must be host:port such as 127.0.0.1:8123, got {emulator!r}.")
+    project = env.get("GOOGLE_CLOUD_PROJECT", "").strip() or (EMULATOR_PROJECT if emulator else "")
+    if not project:
+        raise ConfigError("SCOUT_DISPATCH=cloudtasks but GOOGLE_CLOUD_PROJECT is not set: set it to the "
+                          "project that holds the Cloud Tasks queue (App Engine sets it).")
+    location = _name(env, "SCOUT_TASKS_LOCATION", EMULATOR_LOCATION if emulator else "", r"[a-z][a-z0-9-]{1,62}",
+                     "us-central1")
+    if not location:
+        raise ConfigError("SCOUT_DISPATCH=cloudtasks but SCOUT_TASKS_LOCATION is not set: set it to the queue's "
+                          "location, e.g. us-central1 (see docs/deploy.md).")
+    queue = _name(env, "SCOUT_TASKS_QUEUE", DEFAULT_TASKS_QUEUE, r"[A-Za-z0-9-]{1,100}", DEFAULT_TASKS_QUEUE)
+    service = _name(env, "SCOUT_TASKS_SERVICE", "", r"[a-z0-9][a-z0-9-]{0,62}", "default")
+    return TasksSettings(dispatch, shards, f"projects/{project}/locations/{location}/queues/{queue}", service,
+                         emulator)
+
+
 def dev_secret_key(db_path: str) -> str:
     """The session key for dev mode when SECRET_KEY is unset, kept beside the dev database.
 
@@ -234,6 +289,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("SITE_URL is not set: set it to the public https address of this Scout.")
     if not dev and not env.get("GOOGLE_CLIENT_ID"):
         raise ConfigError("GOOGLE_CLIENT_ID is not set: users cannot sign in without it (see docs/deploy.md, Google sign-in).")
+    tasks = _tasks_settings(env)
     failed_pings_name = (
         "NIGHTSCOUT_FAILED_PING_SMS" if env.get("NIGHTSCOUT_FAILED_PING_SMS") else "NEXMO_FAILED_PING_SMS"
     )
@@ -253,5 +309,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         session_max_age=_int(env, "SCOUT_SESSION_MAX_AGE", DEFAULT_SESSION_MAX_AGE, minimum=60),
         allowed_countries=_countries(env),
         client_ip_header=env.get("SCOUT_CLIENT_IP_HEADER", "").strip(),
+        dispatch=tasks.dispatch,
+        shards=tasks.shards,
+        tasks_queue=tasks.queue,
+        tasks_service=tasks.service,
+        tasks_emulator_host=tasks.emulator_host,
         env=dict(env),
     )

@@ -31,7 +31,9 @@ import schedule
 
 from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User, UserFeed
 from scout.alerts import Rules
+from scout.cloudtasks import ShardQueue
 from scout.config import Config
+from scout.dispatch import dispatch_cycle, shard_of
 from scout.engine import Engine, UserResult
 from scout.nightscout import fetch_readings_async, open_async_session
 from scout.readings import PollResult
@@ -121,6 +123,7 @@ class CycleSummary:
     acted: bool = True  # False when another instance holds the lease
     results: list[UserResult] = field(default_factory=list)
     retried: int = 0
+    enqueued: int | None = None  # shards handed to Cloud Tasks (SCOUT_DISPATCH=cloudtasks)
     error: str = ""
 
     @property
@@ -134,6 +137,7 @@ class CycleSummary:
             "messages": sum(r.messages for r in self.results) + self.retried,
             "failed_sends": sum(r.failed_sends for r in self.results),
             "duration_s": round(self.duration, 3),
+            **({"enqueued_shards": self.enqueued} if self.enqueued is not None else {}),
         }
 
     def log_line(self) -> str:
@@ -168,6 +172,7 @@ class Poller:
         # after a crash renews its own lease at once instead of standing by until it expires.
         self.holder = config.get(HOLDER_VARIABLE) or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._feed: UserFeed | None = None
+        self._shard_queue: ShardQueue | None = None
         # Recording and sending have threads of their own, so that a decision to record
         # never waits behind other users' sends (a send to a provider blocks for a few
         # hundred ms; with 500 users to alert at once, 64 threads are busy for seconds).
@@ -192,8 +197,11 @@ class Poller:
                 log.info("another poller holds the lease; standing by")
                 return summary
             summary.retried = self._retry_unsent()
-            users = self.users()
-            summary.results = self._poll_all(users)
+            # `poll --once` (no lease) polls every user here, now, as the operator asked
+            if self.config.dispatch == "cloudtasks" and use_lease:
+                self._dispatch(summary)
+            else:
+                summary.results = self._poll_all(self.users())
             summary.duration = self.clock() - summary.started_at
             self.store.record_cycle(CycleRecord(self.clock(), summary.counts))
         except StoreUnavailable as exc:
@@ -205,6 +213,19 @@ class Poller:
         summary.duration = self.clock() - summary.started_at
         log.info("%s", summary.log_line())
         return summary
+
+    def _dispatch(self, summary: CycleSummary) -> None:
+        """Hand the cycle's shards to Cloud Tasks instead of polling (scout.dispatch)."""
+        if self._shard_queue is None:
+            self._shard_queue = ShardQueue(self.config)
+        shards = self.config.shards
+
+        def poll_here(missed: set[int]) -> list[UserResult]:
+            return self._poll_all([u for u in self.users() if shard_of(u.id, shards) in missed])
+
+        dispatched = dispatch_cycle(self._shard_queue, summary.started_at, shards, poll_here)
+        summary.enqueued = dispatched.enqueued + dispatched.already_there
+        summary.results = dispatched.polled_here
 
     def _retry_unsent(self) -> int:
         unsent: list[LogEntry] = self.store.unsent_log()
@@ -323,6 +344,8 @@ class Poller:
         self._senders.shutdown(wait=False, cancel_futures=True)
         if self._feed is not None:
             self._feed.close()
+        if self._shard_queue is not None:
+            self._shard_queue.close()
 
 
 def poll_interval(config: Config) -> float | None:

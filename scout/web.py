@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from flask_wtf.csrf import CSRFProtect
 
 from models import Store
-from scout import devtools, pages, webhooks
+from scout import devtools, pages, tasks, webhooks
 from scout.cli import register_commands
 from scout.config import Config, load_config
 from scout.context import get_config, get_store
@@ -47,6 +47,9 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         app.register_blueprint(devtools.bp)
     app.register_blueprint(webhooks.bp)
     csrf.exempt(webhooks.bp)  # provider callbacks are verified by their signatures instead
+    if config.dispatch == "cloudtasks":  # otherwise /tasks/... does not exist
+        app.register_blueprint(tasks.bp)
+        csrf.exempt(tasks.bp)  # only Cloud Tasks may call it (scout.tasks checks its headers)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.after_request(_security_headers)
 

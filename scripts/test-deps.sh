@@ -15,3 +15,14 @@ if [ -f tests/emulator/package.json ] && [ ! -d tests/emulator/node_modules ]; t
   echo "installing the Firestore emulator from npm"
   (cd tests/emulator && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The Cloud Tasks emulator needs protobuf below 5, Scout's clients protobuf 6 or later: it
+# gets a venv of its own, rebuilt when its pinned requirements change.
+EMULATOR_VENV=.venv/tasks-emulator
+if ! cmp -s tests/tasks_emulator/requirements.txt "$EMULATOR_VENV/requirements.txt"; then
+  echo "installing the Cloud Tasks emulator"
+  rm -rf "$EMULATOR_VENV"
+  python3 -m venv "$EMULATOR_VENV"
+  "$EMULATOR_VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/tasks_emulator/requirements.txt
+  cp tests/tasks_emulator/requirements.txt "$EMULATOR_VENV/requirements.txt"
+fi

@@ -1,0 +1,110 @@
+"""The routes only Cloud Tasks calls (SCOUT_DISPATCH=cloudtasks): POST /tasks/poll-shard
+polls one shard of users for the cycle that enqueued it (scout.dispatch).
+
+Only Cloud Tasks may call /tasks/...: App Engine removes X-AppEngine-* headers from requests
+that come from outside, so a request that carries X-AppEngine-QueueName came through a task
+queue of this app. Where App Engine's front end does not stand before Scout, that check
+means nothing: there, keep /tasks/ unreachable from outside (docs/deploy.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from models import StoreUnavailable, UserFeed
+from scout.cloudtasks import ShardTask
+from scout.config import Config
+from scout.context import address_policy, get_config, get_store
+from scout.dispatch import poll_users, shard_counts, shard_of
+from scout.engine import Engine
+from scout.poller import poll_interval, rules_from
+from scout.telephony import make_messenger
+
+log = logging.getLogger("scout.tasks")
+
+QUEUE_HEADER = "X-AppEngine-QueueName"
+TASK_HEADER = "X-AppEngine-TaskName"
+RETRY_HEADER = "X-AppEngine-TaskRetryCount"
+DEFAULT_SHARD_THREADS = 32  # users of one shard polled at once by one request
+
+bp = Blueprint("tasks", __name__, url_prefix="/tasks")
+_first_use = threading.Lock()
+
+
+def _refusal(status: int, message: str) -> tuple[Response, int]:
+    return jsonify({"error": message}), status
+
+
+def _from_our_queue(config: Config) -> bool:
+    """The request came through this app's shard queue. App Engine sets the short queue name;
+    the Cloud Tasks emulator sets the queue's full path."""
+    sent = request.headers.get(QUEUE_HEADER, "")
+    short_name = config.tasks_queue.rsplit("/", 1)[-1]
+    return bool(request.headers.get(TASK_HEADER)) and sent in (short_name, config.tasks_queue)
+
+
+@bp.post("/poll-shard")
+def poll_shard() -> tuple[Response, int]:
+    config = get_config()
+    if not _from_our_queue(config):
+        log.warning("refused %s from %s: no %s header of queue %s", request.path, request.remote_addr,
+                    QUEUE_HEADER, config.tasks_queue.rsplit("/", 1)[-1])
+        return _refusal(403, "Only Scout's Cloud Tasks queue may call this.")
+    try:
+        task = ShardTask.from_body(request.get_json(force=True, silent=True))
+    except ValueError as exc:
+        log.error("refused a poll-shard task: %s", exc)
+        return _refusal(400, f"Not a poll-shard task: {exc}.")
+    age = time.time() - task.started_at
+    if age > _cycle_period(config):
+        # a retry that outlived its cycle: the next cycle's task polls these users
+        log.warning("%s", json.dumps({"event": "shard_skipped", "cycle": task.cycle, "shard": task.shard,
+                                      "age_s": round(age, 1)}, sort_keys=True))
+        return jsonify({"skipped": "the cycle is over"}), 200
+    try:
+        users = [u for u in _user_feed().users() if u.is_watchable and shard_of(u.id, task.shards) == task.shard]
+        results = poll_users(_shard_engine(), users, _shard_threads(config))
+    except StoreUnavailable as exc:
+        log.error("shard %s of cycle %s failed: %s; Cloud Tasks will retry it", task.shard, task.cycle, exc)
+        return _refusal(503, f"The store is unavailable: {exc}")
+    counts = shard_counts(results)
+    log.info("%s", json.dumps({"event": "shard", "cycle": task.cycle, "shard": task.shard, "shards": task.shards,
+                               "retry": request.headers.get(RETRY_HEADER, "0"), **counts}, sort_keys=True))
+    return jsonify(counts), 200
+
+
+def _cycle_period(config: Config) -> float:
+    return poll_interval(config) or 60.0
+
+
+def _shard_threads(config: Config) -> int:
+    raw = config.get("SCOUT_POLL_WORKERS").strip()
+    return min(int(raw), DEFAULT_SHARD_THREADS) if raw.isdigit() and int(raw) > 0 else DEFAULT_SHARD_THREADS
+
+
+def _user_feed() -> UserFeed:
+    """This process's view of the users, kept current by the store's change feed (one
+    snapshot listener per process with Firestore, not a read of every user per shard)."""
+    with _first_use:  # two shards served at once by one process open one feed, not two
+        feed: UserFeed | None = current_app.extensions.get("scout_user_feed")
+        if feed is None:
+            feed = get_store().user_feed()
+            current_app.extensions["scout_user_feed"] = feed
+        return feed
+
+
+def _shard_engine() -> Engine:
+    """The engine shards are polled through: the poller's rules and Nightscout timeouts
+    (not the webhooks' tighter ones), created on first use in the serving process."""
+    with _first_use:
+        engine: Engine | None = current_app.extensions.get("scout_shard_engine")
+        if engine is None:
+            config = get_config()
+            engine = Engine(store=get_store(), messenger=make_messenger(config), rules=rules_from(config),
+                            allow_private=config.dev, is_public=address_policy())
+            current_app.extensions["scout_shard_engine"] = engine
+        return engine
