@@ -14,22 +14,28 @@ MAX_EXTRA_CONTACTS = 5
 CHANNELS = ("sms", "whatsapp")
 DEFAULT_LOW_MGDL = 70.0
 DEFAULT_HIGH_MGDL = 240.0
+# Dexcom's urgent low (55 mg/dL, 3.0 mmol/L) cannot be silenced: a pause never holds a call below it.
+DEFAULT_URGENT_LOW_MGDL = 55.0
 
 
 @dataclass(frozen=True)
 class Contact:
     phone: str  # E.164
     channel: str = "sms"  # "sms" or "whatsapp"
+    name: str = ""  # how the user calls them; texts greet them by it
 
     def as_dict(self) -> dict[str, str]:
-        return {"phone": self.phone, "channel": self.channel}
+        data = {"phone": self.phone, "channel": self.channel}
+        if self.name:
+            data["name"] = self.name
+        return data
 
     @classmethod
     def from_value(cls, value: Any) -> Contact | None:
         """Read a contact as Scout stores it, or as a bare number (the tutorial's shape)."""
         if isinstance(value, dict) and value.get("phone"):
             channel = value.get("channel", "sms")
-            return cls(str(value["phone"]), channel if channel in CHANNELS else "sms")
+            return cls(str(value["phone"]), channel if channel in CHANNELS else "sms", str(value.get("name") or ""))
         if isinstance(value, str) and value.strip():
             return cls(value.strip())
         return None
@@ -51,6 +57,16 @@ class User:
     units: str = "mg/dL"
     low_mgdl: float = DEFAULT_LOW_MGDL
     high_mgdl: float = DEFAULT_HIGH_MGDL
+    urgent_low_mgdl: float = DEFAULT_URGENT_LOW_MGDL  # still calls while paused; never above low_mgdl
+    paused_until: float = 0.0  # alerts paused until then (seconds since the epoch); 0 = not paused
+
+    @property
+    def urgent_low(self) -> float:
+        """The urgent-low line as Scout applies it: never above the low threshold."""
+        return min(self.urgent_low_mgdl, self.low_mgdl)
+
+    def is_paused(self, now: float) -> bool:
+        return self.paused_until > now
 
     @property
     def display_name(self) -> str:
@@ -120,6 +136,7 @@ class AlertState:
     last_failure: str = ""
     gap_notified_for: float | None = None  # reading time the no-data text was sent for
     no_valid_since: float | None = None  # first poll that had only CGM error codes
+    pause_resumed_for: float = 0.0  # the `paused_until` whose "alerts are back on" text was sent
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -219,6 +236,7 @@ class Store(Protocol):
     def find_log_by_provider_id(self, provider_id: str) -> LogEntry | None: ...
     def user_log(self, user_id: str, limit: int = 50) -> list[LogEntry]: ...
     def unsent_log(self) -> list[LogEntry]: ...
+    def delete_log_before(self, cutoff: float) -> int: ...
 
     # the poller lease and cycle records
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool: ...

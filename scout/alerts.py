@@ -34,7 +34,7 @@ class Action:
 
     key: str
     kind: str  # call | sms | whatsapp
-    purpose: str  # alert | contacts | outage | no_data | all_clear | recovered
+    purpose: str  # alert | contacts | outage | no_data | all_clear | recovered | resumed
     recipient: str
     text: str
 
@@ -105,6 +105,11 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
         latest = _check_gap(user, poll, s, now, rules, decision)
     fresh = latest if latest is not None and now - latest.at <= rules.stale_after else None
     back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range"
+    _announce_end_of_pause(user, s, now, decision)
+    if pause_holds(user, fresh, now) and not back_in_range:
+        decision.summary = (decision.summary + "; " if decision.summary else "") + (
+            f"alerts paused until {clock_time(user.paused_until)}: no call")
+        return decision
     if s.episode is not None and not back_in_range:
         # before any new call replaces the record of the last one
         _escalate_unanswered(user, s.episode, latest, now, rules, decision)
@@ -114,6 +119,34 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
     elif latest is not None:
         decision.summary = f"latest reading is stale ({minutes_ago(latest.at, now)}); no call"
     return decision
+
+
+# --- pause -------------------------------------------------------------------
+#
+# A pause (sensor warm-up, a known low being treated) holds calls and contact texts for
+# out-of-range readings. It is a separate step in front of the rules above: an urgent low
+# still calls, because Dexcom's urgent low can never be silenced either, and a reading
+# back in range still closes the episode with its all-clear.
+
+
+def pause_holds(user: User, fresh: Reading | None, now: float) -> bool:
+    """True if the user's pause holds back the alerts for this poll."""
+    if not user.is_paused(now):
+        return False
+    return fresh is None or fresh.mgdl >= user.urgent_low
+
+
+def _announce_end_of_pause(user: User, s: AlertState, now: float, d: Decision) -> None:
+    """Once a pause has run out, tell the user, once, that alerts are back on."""
+    until = user.paused_until
+    if not until or until > now or s.pause_resumed_for == until or not user.phone:
+        return
+    s.pause_resumed_for = until
+    d.actions.append(Action(
+        key=f"{user.id}:resumed:{until:.0f}", kind="sms", purpose="resumed", recipient=user.phone,
+        text=(f"Scout: your pause ended at {clock_time(until)}. Scout is watching again and will call "
+              "you for lows and highs."),
+    ))
 
 
 def _clamp_future_times(s: AlertState, now: float) -> None:
@@ -258,7 +291,7 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
     else:
         news = "Scout cannot read their Nightscout right now; their last alert was for a " + ep.kind + "."
     text = (
-        f"Scout alert: {user.display_name} did not answer a call about a {ep.kind} blood glucose. "
+        f"{user.display_name} did not answer a call about a {ep.kind} blood glucose. "
         f"{news} Please check on {user.display_name}."
     )
     for contact in user.contacts:
@@ -268,12 +301,17 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
                 kind=contact.channel,
                 purpose="contacts",
                 recipient=contact.phone,
-                text=text,
+                text=f"{addressed('Scout alert', contact.name)}: {text}",
             )
         )
         if [contact.phone, contact.channel] not in ep.alerted:
             ep.alerted.append([contact.phone, contact.channel])
     d.escalation = f"call unanswered ({call.detail or 'no answer'}): texting {len(user.contacts)} contact(s)"
+
+
+def addressed(heading: str, name: str) -> str:
+    """'Scout alert for Bo': a text to a named contact says who it is for."""
+    return f"{heading} for {name}" if name else heading
 
 
 def _all_clear(user: User, s: AlertState, latest: Reading, now: float, d: Decision) -> None:

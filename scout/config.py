@@ -21,6 +21,7 @@ MAX_SHARDS = 1000
 DEFAULT_TASKS_QUEUE = "scout-poll"
 EMULATOR_PROJECT = "scout-local"  # the project and location names used with a local Cloud Tasks emulator
 EMULATOR_LOCATION = "local"
+DEFAULT_HISTORY_DAYS = 90
 
 
 class ConfigError(Exception):
@@ -62,6 +63,9 @@ class Config:
     tasks_queue: str = ""  # projects/P/locations/L/queues/Q, with SCOUT_DISPATCH=cloudtasks
     tasks_service: str = ""  # the App Engine service the tasks go to; empty: the default service
     tasks_emulator_host: str = ""
+    history_days: int = DEFAULT_HISTORY_DAYS  # alert log entries older than this are deleted
+    operator_name: str = ""  # who runs this Scout, shown on every page
+    support_email: str = ""  # where its users write, shown on every page
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, default: str = "") -> str:
@@ -314,5 +318,16 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         tasks_queue=tasks.queue,
         tasks_service=tasks.service,
         tasks_emulator_host=tasks.emulator_host,
+        history_days=_int(env, "SCOUT_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, minimum=1),
+        operator_name=env.get("SCOUT_OPERATOR_NAME", "").strip(),
+        support_email=_support_email(env),
         env=dict(env),
     )
+
+
+def _support_email(env: Mapping[str, str]) -> str:
+    email = env.get("SCOUT_SUPPORT_EMAIL", "").strip()
+    if email and not re.fullmatch(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+", email):
+        raise ConfigError(f"SCOUT_SUPPORT_EMAIL={email!r} is not an email address: set it to where users can write, "
+                          "e.g. help@example.org, or leave it unset.")
+    return email

@@ -2,6 +2,7 @@
 account, and a simulated Nightscout so a newcomer can try a low without a real site."""
 from __future__ import annotations
 
+import math
 import time
 
 from flask import Blueprint, abort, flash, jsonify, redirect, request, url_for
@@ -17,6 +18,7 @@ SCENARIOS: dict[str, tuple[int, int, str, float]] = {
     "steady": (110, 0, "Flat", 1),
     "falling-to-low": (54, -12, "SingleDown", 1),
     "low": (54, -2, "FortyFiveDown", 1),
+    "mild-low": (62, -2, "FortyFiveDown", 1),  # below 70, above the urgent low of 55
     "high": (285, 10, "SingleUp", 1),
     "stale": (54, -5, "FortyFiveDown", 40),
     "sensor-error": (39, 0, "NOT COMPUTABLE", 1),
@@ -37,6 +39,16 @@ def dev_login() -> Response:
     return redirect(url_for("pages.index"))
 
 
+def simulated_value(newest: int, step: int, i: int) -> int:
+    """The i-th newest value: the scenario's trend over the last hour, and before that a gentle
+    swing, so a day on the chart looks like a day of a real sensor."""
+    if newest <= 39:
+        return newest
+    if i <= 12:
+        return newest - step * i
+    return max(40, min(400, round(newest - step * 12 + 35 * math.sin((i - 12) / 9))))
+
+
 def simulated_entries(scenario: str, count: int, now: float) -> list[dict[str, object]]:
     newest, step, direction, age_minutes = SCENARIOS[scenario]
     entries = []
@@ -44,7 +56,7 @@ def simulated_entries(scenario: str, count: int, now: float) -> list[dict[str, o
         at = now - age_minutes * 60 - i * 300
         entries.append({
             "type": "sgv",
-            "sgv": newest - step * i if newest > 39 else newest,
+            "sgv": simulated_value(newest, step, i),
             "date": int(at * 1000),
             "dateString": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at)),
             "direction": direction,

@@ -147,7 +147,7 @@ def _extra_contacts(raw: Any, region: str) -> tuple[Contact, ...]:
     contacts = [c for c in values if c]
     if len(contacts) > MAX_EXTRA_CONTACTS:
         raise ValueError(f"extra_contacts: {len(contacts)} numbers, Scout texts at most {MAX_EXTRA_CONTACTS}")
-    return tuple(Contact(_optional_phone(c.phone, region, "extra_contacts"), c.channel) for c in contacts)
+    return tuple(Contact(_optional_phone(c.phone, region, "extra_contacts"), c.channel, c.name) for c in contacts)
 
 
 def user_from_record(document: dict[str, Any], region: str) -> User:

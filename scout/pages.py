@@ -17,11 +17,11 @@ from flask import Blueprint, flash, make_response, redirect, render_template, re
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
-from models import MAX_EXTRA_CONTACTS, LogEntry, User
+from models import DEFAULT_URGENT_LOW_MGDL, MAX_EXTRA_CONTACTS, LogEntry, User
 from scout.config import Config
 from scout.context import address_policy, client_address, current_user_id, end_session, get_config, get_store, start_session
 from scout.logs import mask_text
-from scout.readings import PollFailure, Readings, format_value
+from scout.readings import PollFailure, Readings
 from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, normalize_phone, read_settings
 
 bp = Blueprint("pages", __name__)
@@ -63,6 +63,19 @@ def to_sign_in() -> Response:
 # --- what the settings page shows -------------------------------------------------------
 
 
+def readable_phone(number: str) -> str:
+    """A saved E.164 number as people write it: +14155552671 -> +1 415-555-2671."""
+    import phonenumbers
+
+    try:
+        return phonenumbers.format_number(phonenumbers.parse(number, None), phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    except phonenumbers.NumberParseException:
+        return number
+
+
+bp.add_app_template_filter(readable_phone, "phone")
+
+
 def form_values(user: User) -> dict[str, Any]:
     """The settings as the form shows them; credentials are never shown back in full."""
     contact = user.emergency_contact
@@ -70,13 +83,16 @@ def form_values(user: User) -> dict[str, Any]:
         "nightscout_url": user.nightscout_url,
         "token_hint": credential_hint(user.nightscout_token),
         "api_secret_hint": credential_hint(user.nightscout_api_secret),
-        "phone": user.phone,
-        "emergency_contact": contact.phone if contact else "",
+        "phone": readable_phone(user.phone) if user.phone else "",
+        "emergency_contact": readable_phone(contact.phone) if contact else "",
         "emergency_channel": contact.channel if contact else "sms",
-        "extra_contacts": [c.as_dict() for c in user.extra_contacts],
+        "emergency_name": contact.name if contact else "",
+        "extra_contacts": [{"phone": readable_phone(c.phone), "channel": c.channel, "name": c.name}
+                           for c in user.extra_contacts],
         "units": user.units,
         "low": f"{from_mgdl(user.low_mgdl, user.units):g}",
         "high": f"{from_mgdl(user.high_mgdl, user.units):g}",
+        "urgent_low": f"{from_mgdl(user.urgent_low_mgdl, user.units):g}",
     }
 
 
@@ -84,30 +100,45 @@ def submitted_values(user: User) -> dict[str, Any]:
     """The user's own input, kept when the form is shown again with errors. Typed
     credentials are not echoed back into the page; the saved ones' hints stay."""
     form = request.form
-    phones, channels = form.getlist("extra_contacts"), form.getlist("extra_channels")
+    phones, channels, names = form.getlist("extra_contacts"), form.getlist("extra_channels"), form.getlist("extra_names")
     return {
         **form_values(user),
-        **{k: form.get(k, "") for k in ("nightscout_url", "phone", "emergency_contact", "low", "high")},
+        **{k: form.get(k, "") for k in ("nightscout_url", "phone", "emergency_contact", "emergency_name", "low", "high",
+                                         "urgent_low")},
         "units": form.get("units", "") if form.get("units") in UNITS else user.units,
         "emergency_channel": form.get("emergency_channel", "sms"),
         "extra_contacts": [
-            {"phone": p, "channel": channels[i] if i < len(channels) else "sms"} for i, p in enumerate(phones)
+            {"phone": p, "channel": channels[i] if i < len(channels) else "sms", "name": names[i] if i < len(names) else ""}
+            for i, p in enumerate(phones)
         ],
     }
 
 
-def page_data() -> dict[str, Any]:
-    """What the page's own script needs, handed over as JSON (rendered with `tojson`)."""
+def page_data(user: User, now: float) -> dict[str, Any]:
+    """What the page's own scripts need, handed over as JSON (rendered with `tojson`)."""
+    from scout.glucose import status_of
+
     return {
         "maxContacts": MAX_EXTRA_CONTACTS,
-        "defaults": {units: dict(zip(("low", "high"), default_thresholds(units), strict=True)) for units in UNITS},
+        "defaults": {units: dict(zip(("low", "high", "urgent_low"),
+                                     (*default_thresholds(units), from_mgdl(DEFAULT_URGENT_LOW_MGDL, units)),
+                                     strict=True))
+                     for units in UNITS},
         "mgdlPerMmol": 18.0,
+        "status": status_of(user, now, read_nightscout=False),
+        "statusUrl": url_for("dashboard.status_json"),
+        "chartUrl": url_for("dashboard.chart_json"),
+        "statusEverySeconds": STATUS_EVERY_SECONDS,
     }
 
 
+STATUS_EVERY_SECONDS = 30  # how often the page asks for the status
+
+
 def render_settings(user: User, values: dict[str, Any], errors: dict[str, str], status: int = 200) -> Page:
+    now = time.time()
     page = render_template(
-        "settings.html", user=user, values=values, errors=errors, page_data=page_data(),
+        "settings.html", user=user, values=values, errors=errors, page_data=page_data(user, now), now=now,
         log=get_store().user_log(user.id, RECENT_LOG_ENTRIES), max_contacts=MAX_EXTRA_CONTACTS,
     )
     return (page, status) if status != 200 else page
@@ -181,26 +212,35 @@ def check_nightscout() -> Response:
                     f"Try again in {math.ceil(wait)} seconds.", "error")
         return redirect(url_for("pages.index", _anchor="check"))
     poll = fetch_readings(user, allow_private=get_config().dev, timeout=(5.0, 8.0), is_public=address_policy())
-    show_result(*describe_poll(poll, user.units, time.time()))
+    show_result(*describe_poll(poll, user, time.time()))
     return redirect(url_for("pages.index", _anchor="check"))
 
 
-def describe_poll(poll: PollFailure | Readings, units: str, now: float) -> tuple[str, str]:
-    """One sentence about a poll, and its flash category ("ok" or "error")."""
+def describe_poll(poll: PollFailure | Readings, user: User, now: float) -> tuple[str, str]:
+    """What a check of the user's Nightscout found, judged as Scout would judge it: against
+    their thresholds and the 15-minute freshness rule. Returns (sentence, "ok" | "warn" | "error")."""
+    from scout.status import describe_value, judge, plain_failure
+
     if isinstance(poll, PollFailure):
-        return f"Scout could not read your Nightscout: it {poll.describe()}.", "error"
+        return f"Scout could not read your Nightscout: {plain_failure(poll)}.", "error"
     latest = poll.latest
     if latest is None:
-        return ("Nightscout answered, but its newest readings are CGM error codes (39 mg/dL or below): "
-                "the sensor may be warming up or have lost signal."), "error"
+        return ("Nightscout answered, but its newest readings are CGM error codes (below 39 mg/dL): "
+                "the sensor may be warming up or have lost signal. Scout cannot alert you until a reading arrives."), "error"
     minutes = max(0, int((now - latest.at) // 60))
     age = "less than a minute ago" if minutes == 0 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
     trend = f"{latest.arrow} {latest.trend_words}".strip()
-    text = f"Nightscout works: {format_value(latest.mgdl, units)} {units} {trend}".rstrip() + f", {age}."
+    value = describe_value(latest, user.units)
+    if 39 < latest.mgdl < 401:  # the sentinels LOW and HIGH carry their units already
+        value += f" {user.units}"
+    seen = f"{value} {trend}".rstrip() + f", {age}"
     if minutes > FRESH_READING_MINUTES:
-        return (text + f" That reading is older than {FRESH_READING_MINUTES} minutes, so Scout would not call "
-                "for it: check that your uploader is sending readings."), "error"
-    return text, "ok"
+        return (f"Scout reached your Nightscout, but its newest reading is old: {seen}. Scout never calls for a "
+                f"reading older than {FRESH_READING_MINUTES} minutes: check that your uploader is sending readings."), "error"
+    where, words = judge(user, latest.mgdl)
+    if where == "in-range":
+        return f"Nightscout works: {seen}, {words}.", "ok"
+    return f"Nightscout works: {seen}. That is {words}: Scout would call you for it.", "warn"
 
 
 @bp.post("/test-alert")
@@ -263,8 +303,8 @@ def place_test_call(user: User, now: float) -> tuple[str, str]:
     sent = store.get_log(key)
     if sent is None or sent.status not in ("sent",):
         reason = sent.error if sent and sent.error else "it was not sent"
-        return f"The test call to {user.phone} failed: {reason}. Check the number, or ask the operator.", "error"
-    return f"Test call placed to {user.phone}. It says: \u201c{TEST_CALL_TEXT}\u201d", "ok"
+        return f"The test call to {readable_phone(user.phone)} failed: {reason}. Check the number, or ask the operator.", "error"
+    return f"Test call placed to {readable_phone(user.phone)}. It says: \u201c{TEST_CALL_TEXT}\u201d", "ok"
 
 
 @bp.get("/delete-account")

@@ -147,6 +147,9 @@ class CycleSummary:
         return json.dumps(fields_, sort_keys=True)
 
 
+HISTORY_PRUNE_EVERY = 3600.0  # seconds between two deletions of old alert history
+
+
 class Poller:
     def __init__(
         self,
@@ -168,6 +171,7 @@ class Poller:
             clock=clock,
         )
         self.clock = clock
+        self._pruned_at = float("-inf")  # the history is pruned at the first cycle, then hourly
         # A supervised poller inherits its supervisor's holder name, so a poller restarted
         # after a crash renews its own lease at once instead of standing by until it expires.
         self.holder = config.get(HOLDER_VARIABLE) or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -204,6 +208,7 @@ class Poller:
                 summary.results = self._poll_all(self.users())
             summary.duration = self.clock() - summary.started_at
             self.store.record_cycle(CycleRecord(self.clock(), summary.counts))
+            self._prune_history()
         except StoreUnavailable as exc:
             summary.error = str(exc)
             log.error("cycle failed: %s; the next cycle will try again", exc)
@@ -226,6 +231,16 @@ class Poller:
         dispatched = dispatch_cycle(self._shard_queue, summary.started_at, shards, poll_here)
         summary.enqueued = dispatched.enqueued + dispatched.already_there
         summary.results = dispatched.polled_here
+
+    def _prune_history(self) -> None:
+        """Once an hour, delete the alert history older than SCOUT_HISTORY_DAYS."""
+        now = self.clock()
+        if now - self._pruned_at < HISTORY_PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        deleted = self.store.delete_log_before(now - self.config.history_days * 86400)
+        if deleted:
+            log.info("deleted %d alert history entries older than %d days", deleted, self.config.history_days)
 
     def _retry_unsent(self) -> int:
         unsent: list[LogEntry] = self.store.unsent_log()

@@ -27,6 +27,7 @@ MAX_URL_LENGTH = 500
 MAX_CREDENTIAL_LENGTH = 200
 MIN_API_SECRET_LENGTH = 12  # Nightscout itself refuses an API_SECRET shorter than this
 MAX_PHONE_LENGTH = 40
+MAX_NAME_LENGTH = 60
 
 
 @dataclass
@@ -55,11 +56,11 @@ def normalize_phone(raw: str, region: str, allowed_countries: frozenset[str] = f
     if not text:
         raise ValueError("Enter a phone number.")
     if len(text) > MAX_PHONE_LENGTH:
-        raise ValueError("That is too long for a phone number. Enter it with its country code, e.g. +1 555 123 4567.")
+        raise ValueError("That is too long for a phone number. Enter it with its country code, e.g. +1 201 555 0123.")
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        raise ValueError(f"{text!r} is not a phone number. Include the country code, e.g. +1 555 123 4567.") from None
+        raise ValueError(f"{text!r} is not a phone number. Include the country code, e.g. +1 201 555 0123.") from None
     if not phonenumbers.is_valid_number(number):
         raise ValueError(f"{text!r} is not a valid phone number. Check the digits and the country code.")
     refused = REFUSED_NUMBER_TYPES.get(phonenumbers.number_type(number))
@@ -98,14 +99,23 @@ def _channel(value: str) -> str:
     return value if value in CHANNELS else "sms"
 
 
+def contact_name(raw: str | None) -> str:
+    """A contact's name as texts greet them: one line, at most MAX_NAME_LENGTH characters."""
+    return " ".join("".join(ch for ch in (raw or "") if ch.isprintable()).split())[:MAX_NAME_LENGTH]
+
+
 def read_contacts(
     phones: Sequence[str], channels: Sequence[str], region: str, errors: dict[str, str], taken: set[str],
     allowed_countries: frozenset[str] = frozenset(),
+    names: Sequence[str] = (),
 ) -> list[Contact]:
     """The extra contacts in page order. Empty rows are skipped; an error is keyed by the
     row's position on the page. `taken` holds numbers already used elsewhere in the form."""
     rows = [(index, phone.strip(), channels[index] if index < len(channels) else "sms")
             for index, phone in enumerate(phones)]
+    for index, phone, _channel_name in rows:
+        if not phone and index < len(names) and names[index].strip():
+            errors[f"extra_contacts-{index}"] = f"Enter {contact_name(names[index])}'s phone number, or delete the row."
     rows = [row for row in rows if row[1]]
     if len(rows) > MAX_EXTRA_CONTACTS:
         errors["extra_contacts"] = (
@@ -123,7 +133,7 @@ def read_contacts(
             errors[f"extra_contacts-{index}"] = f"{number} is already listed above; each number is texted once."
             continue
         taken.add(number)
-        contacts.append(Contact(number, _channel(channel)))
+        contacts.append(Contact(number, _channel(channel), contact_name(names[index] if index < len(names) else "")))
     return contacts
 
 
@@ -145,6 +155,28 @@ def read_thresholds(form: Mapping[str, str], units: str, errors: dict[str, str])
     if "low" in values and "high" in values and values["low"] >= values["high"]:
         errors["high"] = "The high threshold must be above the low threshold."
     return values.get("low", 0.0), values.get("high", 0.0)
+
+
+def read_urgent_low(form: Mapping[str, str], units: str, low: float, saved: float, errors: dict[str, str]) -> float:
+    """The urgent low (still calls during a pause): at least 40 mg/dL, never above the low
+    threshold. An empty field keeps the saved value; so does the saved value shown back
+    unchanged (3.1 mmol/L is 55 mg/dL shown, and must not come back as 56)."""
+    raw = (form.get("urgent_low") or "").strip().replace(",", ".")
+    if not raw:
+        value = saved
+    else:
+        try:
+            typed = float(raw)
+        except ValueError:
+            errors["urgent_low"] = f"Enter the urgent low as a number in {units}."
+            return saved
+        unchanged = math.isfinite(typed) and typed == from_mgdl(saved, units)
+        value = saved if unchanged else (to_mgdl(typed, units) if math.isfinite(typed) else math.nan)
+    top = low or LOW_BOUNDS[1]
+    if not LOW_BOUNDS[0] <= value <= top:
+        errors["urgent_low"] = (f"The urgent low must be between {from_mgdl(LOW_BOUNDS[0], units):g} {units} and "
+                                f"your low threshold, {from_mgdl(top, units):g} {units}.")
+    return value
 
 
 def read_nightscout(form: Mapping[str, str], allow_private: bool, errors: dict[str, str]) -> str:
@@ -208,8 +240,9 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
     phone, emergency = read_phones(form, region, errors, allowed_countries)
     taken = {number for number in (phone, emergency) if number}
     extra = read_contacts(form.getlist("extra_contacts"), form.getlist("extra_channels"), region, errors, taken,
-                          allowed_countries)
+                          allowed_countries, form.getlist("extra_names"))
     low, high = read_thresholds(form, units, errors)
+    urgent_low = read_urgent_low(form, units, low, user.urgent_low_mgdl, errors)
     if errors:
         return SettingsResult(None, errors)
     return SettingsResult(
@@ -219,10 +252,12 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
             nightscout_token=token,
             nightscout_api_secret=secret,
             phone=phone,
-            emergency_contact=Contact(emergency, _channel(form.get("emergency_channel", "sms"))),
+            emergency_contact=Contact(emergency, _channel(form.get("emergency_channel", "sms")),
+                                      contact_name(form.get("emergency_name"))),
             extra_contacts=tuple(extra),
             units=units,
             low_mgdl=low,
             high_mgdl=high,
+            urgent_low_mgdl=urgent_low,
         )
     )

@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from flask_wtf.csrf import CSRFProtect
 
 from models import Store
-from scout import devtools, pages, tasks, webhooks
+from scout import dashboard, devtools, pages, tasks, webhooks
 from scout.cli import register_commands
 from scout.config import Config, load_config
 from scout.context import get_config, get_store
@@ -42,6 +42,8 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     csrf.init_app(app)
 
     app.register_blueprint(pages.bp)
+    app.register_blueprint(dashboard.bp)
+    app.context_processor(lambda: {"scout_config": config})
     csrf.exempt("scout.pages.login")  # Google sign-in carries its own double-submit token
     if config.dev:
         app.register_blueprint(devtools.bp)

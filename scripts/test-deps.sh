@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need outside Python: Debian's Chromium for the browser
-# tests and the Firestore emulator from npm. Safe to run again; it skips what is there.
+# tests, axe-core (npm) for their accessibility checks, and the Firestore emulator from npm. Safe to run again; it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+if [ -f tests/browser_deps/package.json ] && [ ! -d tests/browser_deps/node_modules/axe-core ]; then
+  echo "installing axe-core from npm for the browser tests' accessibility checks"
+  (cd tests/browser_deps && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 if [ -f tests/emulator/package.json ] && [ ! -d tests/emulator/node_modules ]; then

@@ -25,6 +25,10 @@
       var n = index + 1;
       var phone = row.querySelector("input[name=extra_contacts]");
       var channel = row.querySelector("select[name=extra_channels]");
+      var name = row.querySelector("input[name=extra_names]");
+      name.id = "extra-name-" + n;
+      row.querySelector("[data-label=name]").htmlFor = name.id;
+      row.querySelector("[data-label=name]").textContent = "Contact " + n + " name";
       phone.id = "extra-phone-" + n;
       channel.id = "extra-channel-" + n;
       row.querySelector("[data-label=phone]").htmlFor = phone.id;
@@ -43,7 +47,7 @@
     rows.appendChild(template.content.cloneNode(true));
     renumber();
     var added = contactRows();
-    added[added.length - 1].querySelector("input").focus();
+    added[added.length - 1].querySelector("input[name=extra_contacts]").focus();
   }
 
   addButton.addEventListener("click", addContact);
@@ -67,7 +71,7 @@
     return String(Math.round(number * data.mgdlPerMmol));
   }
   units.addEventListener("change", function () {
-    ["low", "high"].forEach(function (name) {
+    ["low", "high", "urgent_low"].forEach(function (name) {
       var input = document.getElementById(name);
       var wasDefault = parseFloat(input.value) === data.defaults[previousUnits][name];
       input.value = wasDefault ? String(data.defaults[units.value][name]) : convert(input.value, previousUnits, units.value);
@@ -76,10 +80,11 @@
     previousUnits = units.value;
   });
 
-  // Alert-log times arrive in UTC; show them in local time as well.
-  document.querySelectorAll("time[data-epoch]").forEach(function (node) {
-    var when = new Date(Number(node.getAttribute("data-epoch")) * 1000);
-    node.textContent = when.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
-    node.title = node.getAttribute("datetime");
-  });
+  // After a refused save, the first field to correct gets the focus (and is scrolled to).
+  var firstInvalid = document.querySelector("#settings [aria-invalid=true]");
+  if (firstInvalid) {
+    firstInvalid.focus();
+  } else if (document.getElementById("check-result")) {
+    document.getElementById("check-result").focus();
+  }
 })();

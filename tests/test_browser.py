@@ -119,7 +119,8 @@ def test_a_person_fills_everything_manages_five_contacts_and_the_saved_page_show
     page.get_by_text("Saved.").wait_for()
 
     page.reload()
-    assert contact_phones(page) == ["+14155552680", "+14155552681", "+14155552683", "+14155552684"]
+    # shown back as people write numbers, not as raw E.164 (issue 14)
+    assert contact_phones(page) == ["+1 415-555-2680", "+1 415-555-2681", "+1 415-555-2683", "+1 415-555-2684"]
     assert page.locator("#extra-channel-2").input_value() == "whatsapp"
     assert "ends in …x7" in page.locator("#token-hint").inner_text()
     assert page.locator("#nightscout_token").input_value() == ""  # the token is never sent back
@@ -133,7 +134,7 @@ def test_a_person_fills_everything_manages_five_contacts_and_the_saved_page_show
     assert "Nightscout works: 6.1 mmol/L →" in page.locator("#check-result").inner_text()
 
     page.get_by_role("button", name="Send me a test call").click()
-    assert "Test call placed to +14155552671" in page.locator("#check-result").inner_text()
+    assert "Test call placed to +1 415-555-2671" in page.locator("#check-result").inner_text()
     assert "Test call" in page.locator("#recent-alerts").inner_text()
 
     ARTIFACTS.mkdir(exist_ok=True)

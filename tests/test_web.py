@@ -54,7 +54,9 @@ def test_the_dev_sign_in_then_saving_settings_stores_them_in_e164(
     assert [c.as_dict() for c in user.extra_contacts] == [
         {"phone": "+442079460958", "channel": "sms"}, {"phone": "+14155552674", "channel": "whatsapp"}]
     page = client.get("/").get_data(as_text=True)
-    assert "+14155552671" in page
+    # shown back the way people write numbers, not as raw E.164 (issue 14)
+    assert 'value="+1 415-555-2671"' in page and 'value="+44 20 7946 0958"' in page
+    assert "+14155552671" not in page.split('id="page-data"')[0]
 
 
 def test_a_bad_phone_number_is_refused_with_a_message_and_nothing_saved(
@@ -191,7 +193,7 @@ def test_thresholds_are_shown_in_the_chosen_units(client: FlaskClient, auth: Dev
     save(client, units="mmol/L", low="3.9", high="13.3")
     page = client.get("/").get_data(as_text=True)
     assert 'name="low" type="text" inputmode="decimal" value="3.9"' in page and 'value="13.3"' in page
-    assert '"mmol/L": {"high": 13.3, "low": 3.9}' in page  # the script's data, as JSON
+    assert '"mmol/L": {"high": 13.3, "low": 3.9, "urgent_low": 3.1}' in page  # the script's data, as JSON
 
 
 @pytest.mark.parametrize("low, high", [("nan", "240"), ("inf", "240"), ("70", "1e9"), ("-5", "240")])
@@ -235,6 +237,7 @@ def test_check_my_nightscout_says_exactly_why_it_failed(
     save(client, nightscout_url=httpserver.url_for("/"))  # type: ignore[attr-defined]
     result = check(client)
     assert "Scout could not read your Nightscout" in result and expected.replace("'", "&#39;") in result
+    assert "doctype" not in result and "title" not in result.lower()  # never the site's raw HTML
 
 
 def test_check_my_nightscout_warns_when_the_newest_reading_is_stale(
@@ -243,7 +246,9 @@ def test_check_my_nightscout_warns_when_the_newest_reading_is_stale(
     auth.login()
     httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(time.time(), age_minutes=42))  # type: ignore[attr-defined]
     save(client, nightscout_url=httpserver.url_for("/"))  # type: ignore[attr-defined]
-    assert "42 minutes ago. That reading is older than 15 minutes" in check(client)
+    result = check(client)
+    assert "its newest reading is old: 62 mg/dL ↓ falling, 42 minutes ago." in result
+    assert "Scout never calls for a reading older than 15 minutes" in result and "Nightscout works" not in result
 
 
 def test_check_my_nightscout_reports_an_unreachable_site(client: FlaskClient, auth: DevAuth) -> None:
@@ -259,7 +264,7 @@ def test_a_test_call_is_placed_logged_shown_and_limited_to_one_per_two_minutes(
     save(client)
     client.post("/test-alert", data={"csrf_token": csrf_token(client)})
     page = client.get("/").get_data(as_text=True)
-    assert "Test call placed to +14155552671" in page and "This is a test call from Scout" in page
+    assert "Test call placed to +1 415-555-2671" in page and "This is a test call from Scout" in page
     entries_ = store.user_log("dev:ana@example.com")
     assert [(e.purpose, e.kind, e.recipient, e.status, e.provider) for e in entries_] == [
         ("test", "call", "+14155552671", "sent", "console")]
@@ -284,7 +289,7 @@ def test_a_test_call_refused_by_the_provider_says_why(
     save(client)
     client.post("/test-alert", data={"csrf_token": csrf_token(client)})
     page = client.get("/").get_data(as_text=True)
-    assert "The test call to +14155552671 failed: 21211: The &#39;To&#39; number is not a valid phone number" in page
+    assert "The test call to +1 415-555-2671 failed: 21211: The &#39;To&#39; number is not a valid phone number" in page
     assert "refused by console: 21211" in page  # the alert log shows the provider's code too
 
 
@@ -343,3 +348,39 @@ def test_every_field_has_a_label(client: FlaskClient, auth: DevAuth) -> None:
     assert visible == [], f"fields without a label: {visible}"
     unnamed = re.findall(r'<(?:input|select)(?![^>]*type="hidden")(?![^>]*\sid=)(?![^>]*type="checkbox")[^>]*>', page)
     assert unnamed == []
+
+
+@pytest.mark.parametrize("sgv, outcome, words", [
+    (54, "warn", "That is below your 70, an urgent low: Scout would call you for it"),
+    (62, "warn", "That is below your 70: Scout would call you for it"),
+    (250, "warn", "That is above your 240: Scout would call you for it"),
+    (110, "ok", "110 mg/dL ↓ falling, 2 minutes ago, in your range, 70 to 240."),
+])
+def test_check_my_nightscout_judges_the_value_against_the_users_own_thresholds(
+    client: FlaskClient, auth: DevAuth, httpserver: object, sgv: int, outcome: str, words: str
+) -> None:
+    """A 54 is not simply "Nightscout works": the check says it is below the user's 70 and
+    that Scout would call (issue 14)."""
+    auth.login()
+    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(time.time(), sgv=sgv))  # type: ignore[attr-defined]
+    save(client, nightscout_url=httpserver.url_for("/"))  # type: ignore[attr-defined]
+    result = check(client)
+    assert words in result
+    assert f'aria-hidden="true">{ {"warn": "warning", "ok": "check_circle"}[outcome] }</i>' in result
+
+
+def test_contacts_are_saved_with_their_names_and_a_name_without_a_number_is_refused(
+    client: FlaskClient, auth: DevAuth, store: SqliteStore
+) -> None:
+    auth.login()
+    response = save(client, emergency_name="  Bo\x07   Ng ", extra_contacts=["+1 415 555 2673", ""],
+                    extra_channels=["sms", "sms"], extra_names=["Sam", "Kim"])
+    assert response.status_code == 400  # type: ignore[attr-defined]
+    assert "Enter Kim&#39;s phone number, or delete the row." in response.get_data(as_text=True)  # type: ignore[attr-defined]
+    assert save(client, emergency_name="  Bo\x07   Ng ", extra_contacts=["+1 415 555 2673"],
+                extra_channels=["sms"], extra_names=["Sam"]).status_code == 302  # type: ignore[attr-defined]
+    user = store.get_user("dev:ana@example.com")
+    assert user is not None and user.emergency_contact is not None
+    assert user.emergency_contact.name == "Bo Ng" and [c.name for c in user.extra_contacts] == ["Sam"]
+    page = client.get("/").get_data(as_text=True)
+    assert 'value="Bo Ng"' in page and 'value="Sam"' in page

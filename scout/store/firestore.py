@@ -160,12 +160,12 @@ def _tutorial_phone(value: Any) -> str:
     return f"+{text}" if text.isdigit() else text
 
 
-def _contact(value: Any, channel: Any = None) -> Contact | None:
+def _contact(value: Any, channel: Any = None, name: Any = None) -> Contact | None:
     contact = Contact.from_value(value)
     if contact is None:
         return None
     chosen = channel if channel in CHANNELS else contact.channel
-    return Contact(_tutorial_phone(contact.phone), chosen)
+    return Contact(_tutorial_phone(contact.phone), chosen, contact.name or str(name or ""))
 
 
 def user_from_document(doc_id: str, data: dict[str, Any]) -> User:
@@ -182,11 +182,14 @@ def user_from_document(doc_id: str, data: dict[str, Any]) -> User:
         nightscout_token=str(data.get("nightscout_token") or ""),
         nightscout_api_secret=str(data.get("nightscout_api_secret") or ""),
         phone=_tutorial_phone(data.get("phone")),
-        emergency_contact=_contact(data.get("emerg_contact"), data.get("emerg_contact_channel")),
+        emergency_contact=_contact(data.get("emerg_contact"), data.get("emerg_contact_channel"),
+                                    data.get("emerg_contact_name")),
         extra_contacts=tuple(c for c in extra if c),
         units=str(data.get("units") or "mg/dL"),
         low_mgdl=float(data.get("low_mgdl") or User.low_mgdl),
         high_mgdl=float(data.get("high_mgdl") or User.high_mgdl),
+        urgent_low_mgdl=float(data.get("urgent_low_mgdl") or User.urgent_low_mgdl),
+        paused_until=float(data.get("paused_until") or 0.0),
     )
 
 
@@ -198,6 +201,7 @@ def user_to_document(user: User, now: float) -> dict[str, Any]:
         "phone": user.phone,
         "emerg_contact": emergency.phone if emergency else "",
         "emerg_contact_channel": emergency.channel if emergency else "sms",
+        "emerg_contact_name": emergency.name if emergency else "",
         "nightscout_api": user.nightscout_url,
         "nightscout_token": user.nightscout_token,
         "nightscout_api_secret": user.nightscout_api_secret,
@@ -205,6 +209,8 @@ def user_to_document(user: User, now: float) -> dict[str, Any]:
         "units": user.units,
         "low_mgdl": user.low_mgdl,
         "high_mgdl": user.high_mgdl,
+        "urgent_low_mgdl": user.urgent_low_mgdl,
+        "paused_until": user.paused_until,
         "updated_at": now,
     }
     if not is_tutorial_era(user):  # a tutorial-era user has no Google subject id yet
@@ -552,6 +558,22 @@ class FirestoreStore:
         query = (self.collection(ALERT_LOG).where(filter=FieldFilter("user_id", "==", user_id))
                  .order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit))
         return self._entries(query, "read a user's alert log")
+
+    def delete_log_before(self, cutoff: float) -> int:
+        """Delete every alert log entry created before `cutoff`, a batch at a time (a
+        single-field query: no composite index needed)."""
+        deleted = 0
+        with _unavailable_on_error("delete old alert history"):
+            while True:
+                query = self.collection(ALERT_LOG).where(filter=FieldFilter("created_at", "<", cutoff)).limit(MAX_BATCH_WRITES)
+                refs = [document.reference for document in query.stream()]
+                if not refs:
+                    return deleted
+                batch = self.db.batch()
+                for ref in refs:
+                    batch.delete(ref)
+                batch.commit()
+                deleted += len(refs)
 
     def unsent_log(self) -> list[LogEntry]:
         """Every entry not yet sent, of all users, oldest first: one query per cycle

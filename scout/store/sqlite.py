@@ -283,6 +283,11 @@ class SqliteStore:
             "SELECT data FROM alert_log WHERE user_id = ? ORDER BY created_at DESC LIMIT ?", (user_id, limit)
         )
 
+    def delete_log_before(self, cutoff: float) -> int:
+        """Delete every alert log entry created before `cutoff` (the history's retention)."""
+        with self._transaction() as db:
+            return int(db.execute("DELETE FROM alert_log WHERE created_at < ?", (cutoff,)).rowcount)
+
     def unsent_log(self) -> list[LogEntry]:
         """Every entry not yet sent, of all users, oldest first: one query per cycle."""
         return self._entries(
