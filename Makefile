@@ -29,8 +29,11 @@ test: lint
 	bash scripts/test-deps.sh
 	$(BIN)/python -m pytest
 
+# The poll cycle at 1,000, 10,000 and 50,000 users (BENCH_SIZES=1000,10000 for fewer), then
+# the paced sends to the providers (issue 10's bench, once it is in).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.poll_cycle
+	if [ -f bench/paced_lows.py ]; then $(BIN)/python -m bench.paced_lows; fi
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache test-artifacts

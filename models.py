@@ -137,6 +137,10 @@ class AlertState:
     gap_notified_for: float | None = None  # reading time the no-data text was sent for
     no_valid_since: float | None = None  # first poll that had only CGM error codes
     pause_resumed_for: float = 0.0  # the `paused_until` whose "alerts are back on" text was sent
+    # What the poller saw last time, so the next cycle can order users by risk (see
+    # scout.poller.order_by_risk). Written only when it changes, like everything here.
+    site: str = ""  # how the Nightscout site answered: "slow", "failing"; "" fast (or never polled)
+    watch: bool = False  # the last value was out of range, near a threshold, or falling fast
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
@@ -36,6 +36,10 @@ def log_action(stage: str, entry: LogEntry, level: int = logging.INFO, **extra: 
     fields_ = {"event": "action", "stage": stage, "user": entry.user_id, "key": mask_key(entry.key), "kind": entry.kind,
                "purpose": entry.purpose, "to": mask_phone(entry.recipient), **extra}
     log.log(level, "%s", json.dumps(fields_, sort_keys=True))
+
+
+def _observe(state: AlertState, observed: dict[str, Any] | None) -> AlertState:
+    return replace(state, **observed) if observed else state
 
 
 @dataclass
@@ -84,39 +88,44 @@ class Engine:
         result.elapsed = self.clock() - started
         return result
 
-    def record_poll(self, user: User, poll: PollResult) -> tuple[UserResult, list[LogEntry]]:
+    def record_poll(self, user: User, poll: PollResult,
+                    observed: dict[str, Any] | None = None) -> tuple[UserResult, list[LogEntry]]:
         """The first half of `poll_user`: decide on the poll and record the new state with
-        its actions, which are returned unsent (see `deliver`)."""
+        its actions, which are returned unsent (see `deliver`). `observed` sets fields of
+        the new state that the decision does not own (how the site answered, see the poller)."""
         result = UserResult(user.id, user.email, ok=not isinstance(poll, PollFailure))
         if isinstance(poll, PollFailure):
             result.reason = poll.reason
-        decision, entries = self._decide_and_record(user, poll)
+        decision, entries = self._decide_and_record(user, poll, observed)
         result.decided_at = self.clock()
         result.summary = decision.line
         return result, entries
 
-    def decide_without_writing(self, user: User, poll: PollResult, state: AlertState) -> UserResult | None:
+    def decide_without_writing(self, user: User, poll: PollResult, state: AlertState,
+                               observed: dict[str, Any] | None = None) -> UserResult | None:
         """The result of a poll that changes nothing (no new state, no action), decided on
         a state read earlier in the cycle; None when there is something to record, which
         `poll_user` must then do on a fresh read. Most polls of most users end here."""
         now = self.clock()
         decision = decide(user, poll, state, now, self.rules)
-        if decision.state != state or decision.actions:
+        if _observe(decision.state, observed) != state or decision.actions:
             return None
         failure = poll.reason if isinstance(poll, PollFailure) else ""
         return UserResult(user.id, user.email, ok=not failure, reason=failure, summary=decision.line, decided_at=now)
 
-    def _decide_and_record(self, user: User, poll: PollResult) -> tuple[Decision, list[LogEntry]]:
+    def _decide_and_record(self, user: User, poll: PollResult,
+                           observed: dict[str, Any] | None = None) -> tuple[Decision, list[LogEntry]]:
         """Decide on the stored state and commit the new state with the actions, all or
         nothing; if another process changed the state meanwhile, decide again."""
         for _attempt in range(MAX_COMMIT_ATTEMPTS):
             state, version = self.store.get_state(user.id)
             now = self.clock()
             decision = decide(user, poll, state, now, self.rules)
-            if decision.state == state and not decision.actions:
+            new_state = _observe(decision.state, observed)
+            if new_state == state and not decision.actions:
                 return decision, []  # nothing changed: no write at all
             entries = [self._entry(user, action, now) for action in decision.actions]
-            if self.store.commit(user.id, decision.state, version, entries):
+            if self.store.commit(user.id, new_state, version, entries):
                 for entry in entries:
                     log_action("recorded", entry)
                 return decision, entries

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -21,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,11 @@ import schedule
 from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User, UserFeed
 from scout.alerts import Rules
 from scout.cloudtasks import ShardQueue
-from scout.config import Config
+from scout.config import Config, ConfigError
 from scout.dispatch import dispatch_cycle, shard_of
 from scout.engine import Engine, UserResult
 from scout.nightscout import fetch_readings_async, open_async_session
-from scout.readings import PollResult
+from scout.readings import PollFailure, PollResult, Readings
 from scout.store import open_store
 from scout.telephony import make_messenger
 from scout.telephony.base import Messenger
@@ -54,45 +55,150 @@ LEASE_TTL = 110.0
 # fetching loop for the GIL (measured with `make bench`: 200 threads cost a second of CPU
 # at 10,000 users).
 DEFAULT_WORKERS = 64
-# Nightscout requests in flight at once on the asyncio loop: enough that 5% hung sites
-# (each holding a socket for the 10 s read timeout) leave room for everyone else.
+# Nightscout requests in flight at once on each process's asyncio loop, in the main lane
+# (users at risk, then sites that answered fast last cycle, then new users)...
 DEFAULT_CONNECTIONS = 1000
+# ...and in the slow lane (sites that were slow, hung or failing last cycle): they hold
+# their sockets for up to the 15 s deadline, so they get many, but their own. With the
+# benchmark's mix, 35% of users are in this lane, and at 50,000 users on 2 processes
+# they need about 2,000 sockets each to finish within the 15 s of the slowest.
+DEFAULT_SLOW_CONNECTIONS = 3000
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections during a cycle (default 700)
+LAG_PROBE_S = 0.1
+RISK_HEAD_START_S = 1.0  # the most the users at risk are waited for before anyone else is polled
+SLOW_ANSWER_S = 1.0  # a site that takes longer than this to answer goes in the slow lane
+# Ordering, not alerting: a value within this margin of a threshold, or falling at least
+# this fast, puts the user among the first polled next cycle (alert rules are unchanged).
+WATCH_MARGIN_MGDL = 20.0
+FALLING_FAST_MGDL_PER_5_MIN = 10  # 2 mg/dL a minute: Dexcom's "SingleDown" and faster
+FALLING_FAST_DIRECTIONS = frozenset({"SingleDown", "DoubleDown", "TripleDown"})
 RESOLVER_THREADS = 64  # name lookups run in threads; 10,000 hosts need more than asyncio's default
 DEFAULT_RESTART_DELAY = 2.0  # seconds before the supervisor starts a dead poller again
 HOLDER_VARIABLE = "SCOUT_POLLER_HOLDER"  # set by the supervisor for the poller processes it starts
+WORKER_DEADLINE_S = 120.0  # a worker silent for this long is replaced and its users polled here
 RESERVED_FILES = 256  # file descriptors kept for SQLite, logs, provider calls and lookups
 
 
 @contextlib.contextmanager
 def collection_paused() -> Iterator[None]:
-    """No automatic garbage collection while the users are fetched; one full collection after.
+    """While the users are fetched, the automatic garbage collector leaves alone what
+    existed before the cycle, and runs less often; one full collection after.
 
-    A cycle keeps tens of thousands of objects alive at once (every request in flight,
-    every result), and CPython's automatic collector walks all of them again and again:
-    measured with `make bench` at 10,000 users, 1.3 to 1.5 s of the poller's 5.5 s of CPU,
-    on the core that fetches, mostly before the last user was decided. Reference counting
-    still frees almost everything at once; what only the collector frees (reference
-    cycles, such as a caught timeout and its traceback) is about 7 objects and 1 KB per
-    user, freed by the one collection at the end (0.1 s at 10,000 users)."""
+    A cycle keeps tens of thousands of objects alive at once (every user, every state,
+    every request in flight), and CPython's collector, left as it is, walks all of them
+    again and again: measured with `make bench` at 10,000 users, 1.3 to 1.5 s of the
+    poller's 5.5 s of CPU. Turning it off for the whole cycle cost memory instead: every
+    timed-out, refused or reset request is a reference cycle (the exception's traceback
+    holds the connection's whole object graph, tens of KB), and with a third of the sites
+    failing, 50,000 users meant hundreds of MB held until the cycle's end. So the objects
+    from before the cycle are frozen out of the collector's sight (gc.freeze), and the
+    young ones are collected every GC_YOUNG_THRESHOLD allocations."""
     was_enabled = gc.isenabled()
-    gc.disable()
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, thresholds[1], thresholds[2])
     try:
         yield
     finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
         if was_enabled:
-            gc.enable()
             gc.collect()
 
 
-# A user's result: settled on the loop, or recorded in a recording thread and then
-# perhaps handed to a sending thread, whose own Future is then the result.
+# A user's result when it was not settled on the loop: recorded in a recording thread
+# and then perhaps handed to a sending thread, whose own Future is then the result.
 Outcome = Future["UserResult | Future[UserResult]"]
 
 
-def settled(decision: Outcome) -> UserResult:
-    """A user's result, once recorded and, if there was anything to send, sent."""
+def settled(decision: Outcome | UserResult) -> UserResult:
+    """A user's result, once recorded and, if there was anything to send, sent. Settled
+    on the loop, it is the result itself: no Future to make for most users."""
+    if isinstance(decision, UserResult):
+        return decision
     result = decision.result()
     return result.result() if isinstance(result, Future) else result
+
+
+def partition_of(user_id: str, processes: int) -> int:
+    """Which of the poller's processes polls this user (0 is the main process). A hash of
+    its own, independent of scout.dispatch.shard_of, so that the users of one Cloud Tasks
+    shard still spread over every process."""
+    digest = hashlib.blake2b(user_id.encode(), digest_size=8, person=b"scout-part").digest()
+    return int.from_bytes(digest, "big") % processes
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which users a poll covers: all, these ids, or one shard. Plain data, so it crosses
+    to the worker processes."""
+
+    user_ids: frozenset[str] | None = None
+    shard: tuple[int, int] | None = None  # (shard, shards)
+
+    def matches(self, user_id: str) -> bool:
+        if self.user_ids is not None and user_id not in self.user_ids:
+            return False
+        return self.shard is None or shard_of(user_id, self.shard[1]) == self.shard[0]
+
+
+SLOW_LANE = frozenset({"slow", "failing"})
+
+
+def observed_poll(user: User, poll: PollResult, seconds: float, previous: AlertState) -> dict[str, Any]:
+    """What this poll tells the next cycle about the user: how their site answered, and
+    whether they need watching (see order_by_risk). A failed poll keeps the last value's
+    verdict: nothing new is known about their glucose. A site that answered fast is ""
+    (the default), so a healthy user's state is never written at all."""
+    if isinstance(poll, PollFailure):
+        return {"site": "failing", "watch": previous.watch}
+    # a slow site must answer in half the time to count as fast again: one quick answer
+    # near the line does not move a user between lanes (and write their state) each minute
+    slow = seconds > SLOW_ANSWER_S or (previous.site == "slow" and seconds > SLOW_ANSWER_S / 2)
+    return {"site": "slow" if slow else "", "watch": needs_watching(user, poll, previous)}
+
+
+def needs_watching(user: User, poll: Readings, previous: AlertState) -> bool:
+    latest = poll.latest
+    if latest is None:  # only CGM error codes: nothing new about the value
+        return previous.watch
+    near = latest.mgdl <= user.low_mgdl + WATCH_MARGIN_MGDL or latest.mgdl >= user.high_mgdl - WATCH_MARGIN_MGDL
+    delta = poll.delta
+    falling = latest.direction in FALLING_FAST_DIRECTIONS or (delta is not None and delta <= -FALLING_FAST_MGDL_PER_5_MIN)
+    return near or falling
+
+
+def is_at_risk(states: dict[str, AlertState] | None, user_id: str) -> bool:
+    state = states.get(user_id) if states is not None else None
+    return state is not None and (state.episode is not None or state.watch)
+
+
+def order_by_risk(users: list[User], states: dict[str, AlertState] | None) -> tuple[list[User], list[User]]:
+    """(main lane, slow lane), from what the store says about each user's last cycle.
+
+    The main lane starts with the users at risk: in an alert episode, or whose last value
+    was out of range, near a threshold or falling fast, whatever their site's speed. Then
+    everyone whose site answered fast, or who was never polled. The slow lane holds the
+    sites that were slow, hung or failing, so they cannot take the sockets fast sites need.
+    Without stored states (a store that cannot read them all at once) everyone is in the
+    main lane, in the store's order."""
+    if states is None:
+        return list(users), []
+    at_risk: list[User] = []
+    fast: list[User] = []
+    slow: list[User] = []
+    for user in users:
+        state = states.get(user.id)
+        if state is None:
+            fast.append(user)
+        elif state.episode is not None or state.watch:
+            at_risk.append(user)
+        elif state.site in SLOW_LANE:
+            slow.append(user)
+        else:
+            fast.append(user)
+    return at_risk + fast, slow
 
 
 def rules_from(config: Config) -> Rules:
@@ -125,6 +231,8 @@ class CycleSummary:
     retried: int = 0
     enqueued: int | None = None  # shards handed to Cloud Tasks (SCOUT_DISPATCH=cloudtasks)
     error: str = ""
+    # one line per process that polled: partition, users, CPU seconds, peak RSS (MB)
+    processes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -138,6 +246,7 @@ class CycleSummary:
             "failed_sends": sum(r.failed_sends for r in self.results),
             "duration_s": round(self.duration, 3),
             **({"enqueued_shards": self.enqueued} if self.enqueued is not None else {}),
+            "processes": len(self.processes) or 1,
         }
 
     def log_line(self) -> str:
@@ -150,7 +259,44 @@ class CycleSummary:
 HISTORY_PRUNE_EVERY = 3600.0  # seconds between two deletions of old alert history
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def process_report(partition: int, results: list[UserResult], cpu_before: float) -> dict[str, Any]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"partition": partition, "pid": os.getpid(), "users": len(results),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime - cpu_before, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def peak_rss_mb() -> float:
+    """The most resident memory this process has had (VmHWM)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Poller:
+    """Polls every user each cycle, risk first, on `processes` processes (this one and
+    processes - 1 workers, each with its own event loop, store client and messenger).
+
+    With a store, messenger or clock given (tests, the one-off `poll --once`), everything
+    runs in this process unless `processes` says otherwise: the workers open their own
+    store and messenger from the configuration, and a clock cannot cross processes."""
+
     def __init__(
         self,
         config: Config,
@@ -158,11 +304,21 @@ class Poller:
         messenger: Messenger | None = None,
         clock: Callable[[], float] = time.time,
         workers: int | None = None,
+        processes: int | None = None,
+        partition: tuple[int, int] = (0, 1),
     ) -> None:
         self.config = config
+        own_parts = store is None and messenger is None and clock is time.time
+        self.processes = max(1, processes or (poll_processes(config) if own_parts else 1))
+        self.partition = partition if partition != (0, 1) else (0, self.processes)
         self.store = store or open_store(config)
         self.workers = workers or int(config.get("SCOUT_POLL_WORKERS") or DEFAULT_WORKERS)
-        self.connections = allowed_connections(int(config.get("SCOUT_POLL_CONNECTIONS") or DEFAULT_CONNECTIONS))
+        main = int(config.get("SCOUT_POLL_CONNECTIONS") or DEFAULT_CONNECTIONS)
+        slow = int(config.get("SCOUT_POLL_SLOW_CONNECTIONS") or DEFAULT_SLOW_CONNECTIONS)
+        allowed = allowed_connections(main + slow)
+        # if the open-files limit cannot be raised far enough, the slow lane gives way first
+        self.connections = max(1, min(main, allowed - 1)) if allowed > 1 else 1
+        self.slow_connections = max(1, allowed - self.connections)
         self.engine = Engine(
             store=self.store,
             messenger=messenger or make_messenger(config),
@@ -177,16 +333,22 @@ class Poller:
         self.holder = config.get(HOLDER_VARIABLE) or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._feed: UserFeed | None = None
         self._shard_queue: ShardQueue | None = None
+        self._workers: dict[int, PartitionWorker] = {}
+        self._loop_lag = 0.0  # seconds; see _measure_loop_lag
         # Recording and sending have threads of their own, so that a decision to record
         # never waits behind other users' sends (a send to a provider blocks for a few
         # hundred ms; with 500 users to alert at once, 64 threads are busy for seconds).
         self._recorders = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="record")
         self._senders = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="send")
 
-    def users(self) -> list[User]:
+    def users(self, selection: Selection = Selection(), partition: int | None = None) -> list[User]:
+        """The watchable users of `selection` that `partition` polls (all when None)."""
         if self._feed is None:
             self._feed = self.store.user_feed()
-        return [u for u in self._feed.users() if u.is_watchable]
+        parts = self.partition[1]
+        return [u for u in self._feed.users()
+                if u.is_watchable and selection.matches(u.id)
+                and (partition is None or parts == 1 or partition_of(u.id, parts) == partition)]
 
     def holds_lease(self) -> bool:
         return self.store.acquire_lease(LEASE_NAME, self.holder, LEASE_TTL, self.clock())
@@ -205,7 +367,7 @@ class Poller:
             if self.config.dispatch == "cloudtasks" and use_lease:
                 self._dispatch(summary)
             else:
-                summary.results = self._poll_all(self.users())
+                summary.results, summary.processes = self._poll_everywhere(Selection())
             summary.duration = self.clock() - summary.started_at
             self.store.record_cycle(CycleRecord(self.clock(), summary.counts))
             self._prune_history()
@@ -226,7 +388,8 @@ class Poller:
         shards = self.config.shards
 
         def poll_here(missed: set[int]) -> list[UserResult]:
-            return self._poll_all([u for u in self.users() if shard_of(u.id, shards) in missed])
+            ids = frozenset(u.id for u in self.users() if shard_of(u.id, shards) in missed)
+            return self._poll_everywhere(Selection(user_ids=ids))[0]
 
         dispatched = dispatch_cycle(self._shard_queue, summary.started_at, shards, poll_here)
         summary.enqueued = dispatched.enqueued + dispatched.already_there
@@ -242,13 +405,53 @@ class Poller:
         if deleted:
             log.info("deleted %d alert history entries older than %d days", deleted, self.config.history_days)
 
+    def poll_users(self, user_ids: Collection[str] | None = None, shard: tuple[int, int] | None = None
+                   ) -> list[UserResult]:
+        """Poll these users now, risk first, on every process: the users named (all when
+        None), or those of one shard, `(shard, shards)` by `shard_of`. No lease and no
+        cycle record: for a caller that has its own (a Cloud Tasks shard handler). Raises
+        StoreUnavailable when the users cannot be read."""
+        selection = Selection(frozenset(user_ids) if user_ids is not None else None, shard)
+        return self._poll_everywhere(selection)[0]
+
     def _retry_unsent(self) -> int:
         unsent: list[LogEntry] = self.store.unsent_log()
         return self.engine.retry_unsent(unsent) if unsent else 0
 
+    def _poll_everywhere(self, selection: Selection) -> tuple[list[UserResult], list[dict[str, Any]]]:
+        """This process polls partition 0 while the workers poll theirs. A worker that dies
+        or cannot start is replaced next cycle; its users are polled here, this cycle."""
+        parts = self.partition[1]
+        if parts == 1:
+            cpu = cpu_seconds()
+            results = self._poll_all(self.users(selection))
+            return results, [process_report(0, results, cpu)]
+        started = [index for index in range(1, parts) if self._worker(index).start_poll(selection)]
+        cpu = cpu_seconds()
+        results = self._poll_all(self.users(selection, partition=0))
+        reports = [process_report(0, results, cpu)]
+        for index in range(1, parts):
+            answer = self._workers[index].results() if index in started else None
+            if answer is None:
+                log.error("poller worker %d did not poll its users; polling them here", index)
+                self._workers.pop(index).stop()
+                cpu = cpu_seconds()
+                mine = self._poll_all(self.users(selection, partition=index))
+                answer = (mine, process_report(index, mine, cpu) | {"fallback": True})
+            results += answer[0]
+            reports.append(answer[1])
+        return results, reports
+
+    def _worker(self, index: int) -> PartitionWorker:
+        if index not in self._workers:
+            self._workers[index] = PartitionWorker(self.config, index, self.partition[1])
+        return self._workers[index]
+
     def _poll_all(self, users: list[User]) -> list[UserResult]:
         """Fetch every user's readings concurrently; each user's decision is made as soon as
         that user's answer arrives, so a hung site delays nobody."""
+        if not users:
+            return []
         with collection_paused():
             return asyncio.run(self._poll_all_async(users))
 
@@ -256,54 +459,117 @@ class Poller:
         loop = asyncio.get_running_loop()
         # asyncio.run shuts this pool down with the loop: a fresh one each cycle
         loop.set_default_executor(ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve"))
-        states = self._read_states()
-        decisions: list[Outcome | None] = [None] * len(users)
-        # A fixed set of fetchers, each taking the next user when its last one is done,
-        # rather than a task per user queued on a semaphore: `connections` requests are in
-        # flight at once either way, without 10,000 tasks made, scheduled and woken.
-        # Every fetcher shares the one iterator; the loop runs one of them at a time.
-        queue = iter(enumerate(users))
+        states = self._read_states(users)
+        main, slow = order_by_risk(users, states)
+        at_risk = sum(1 for user in main if is_at_risk(states, user.id))
+        decisions: list[Outcome | UserResult | None] = [None] * len(users)
+        # A fixed set of fetchers per lane, each taking the next user when its last one is
+        # done, rather than a task per user queued on a semaphore: as many requests in
+        # flight either way, without 10,000 tasks made, scheduled and woken. The fetchers
+        # of a lane share its one iterator; the loop runs one of them at a time. Once the
+        # main lane is empty its fetchers help the slow lane: no fast site waits any more.
+        main_queue = iter(enumerate(main))
+        slow_queue = iter(enumerate(slow, start=len(main)))
+        # The users at risk (first in the main lane) get a head start: until they are
+        # decided and their calls placed, or RISK_HEAD_START_S has passed, no other request
+        # starts, so a thousand other sockets opening at once do not share the core with them.
+        risk_fetched = asyncio.Event()
+        pending_risk = [at_risk]
+        if not at_risk:
+            risk_fetched.set()
 
-        async def fetcher(session: aiohttp.ClientSession) -> None:
-            for index, user in queue:
-                decisions[index] = await self._fetch_then_decide(user, session, states)
+        def one_risk_settled() -> None:
+            pending_risk[0] -= 1
+            if not pending_risk[0]:
+                risk_fetched.set()
 
-        async with open_async_session(self.connections, allow_private=self.engine.allow_private) as session:
-            await asyncio.gather(*(fetcher(session) for _ in range(min(self.connections, len(users)))))
+        def when_settled(outcome: Future[Any]) -> None:
+            # runs in whichever thread settles it; the count is kept on the loop
+            result = outcome.result() if not outcome.cancelled() and outcome.exception() is None else None
+            if isinstance(result, Future):
+                result.add_done_callback(when_settled)
+            else:
+                loop.call_soon_threadsafe(one_risk_settled)
+
+        async def fetch(index: int, user: User, session: aiohttp.ClientSession) -> None:
+            outcome = await self._fetch_then_decide(user, session, states)
+            decisions[index] = outcome
+            if index < at_risk:
+                if isinstance(outcome, UserResult):
+                    one_risk_settled()
+                else:
+                    outcome.add_done_callback(when_settled)
+
+        async def after_head_start() -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(risk_fetched.wait(), RISK_HEAD_START_S)
+
+        async def main_fetcher(session: aiohttp.ClientSession, number: int) -> None:
+            if number >= at_risk:
+                await after_head_start()
+            for index, user in main_queue:
+                await fetch(index, user, session)
+            for index, user in slow_queue:
+                await fetch(index, user, session)
+
+        async def slow_fetcher(session: aiohttp.ClientSession) -> None:
+            await after_head_start()
+            for index, user in slow_queue:
+                await fetch(index, user, session)
+
+        lag = asyncio.create_task(self._measure_loop_lag())
+        async with open_async_session(self.connections + self.slow_connections,
+                                      allow_private=self.engine.allow_private) as session:
+            await asyncio.gather(*(main_fetcher(session, n) for n in range(min(self.connections, len(main)))),
+                                 *(slow_fetcher(session) for _ in range(min(self.slow_connections, len(slow)))))
+        lag.cancel()
         return [settled(decision) for decision in decisions if decision is not None]
 
-    def _read_states(self) -> dict[str, AlertState] | None:
-        """All alert states in one read, when the store offers it (see SqliteStore.all_states)."""
+    async def _measure_loop_lag(self) -> None:
+        """How late the loop has lately been running what is ready: on a busy core a fast
+        site's answer waits that long before it is read, and must not make the site look
+        slow (and move its user to the slow lane, with a write, every busy minute)."""
+        loop = asyncio.get_running_loop()
+        self._loop_lag = 0.0
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self._loop_lag = max(loop.time() - before - LAG_PROBE_S, self._loop_lag / 2)
+
+    def _read_states(self, users: list[User]) -> dict[str, AlertState] | None:
+        """The alert states of these users in one read, when the store offers it (see
+        SqliteStore.all_states): only this process's share, so that Firestore bills each
+        state once per cycle however many processes poll."""
         read_all = getattr(self.store, "all_states", None)
-        return read_all() if read_all is not None else None
+        return read_all({user.id for user in users}) if read_all is not None else None
 
     async def _fetch_then_decide(self, user: User, session: aiohttp.ClientSession,
-                                 states: dict[str, AlertState] | None) -> Outcome:
+                                 states: dict[str, AlertState] | None) -> Outcome | UserResult:
         """Fetch on the loop, then decide. A poll that changes nothing is settled right here
         on the state read at the start of the cycle (pure, no I/O); anything to record or
         send goes to the recording threads, which re-read the state before writing. The loop
         does not wait for them: a plain Future, not an asyncio one, keeps that cheap, and
         fewer hand-offs mean the loop rarely waits for the GIL behind busy threads."""
         started = self.clock()
+        fetch_started = time.monotonic()  # the site's own speed, whatever clock decides
         try:
             poll: PollResult = await fetch_readings_async(
                 user, session, allow_private=self.engine.allow_private, timeout=self.engine.nightscout_timeout)
         except Exception as exc:  # a bug in reading one site never stops the others
             log.exception("fetch failed user=%s", user.id)
-            failed: Outcome = Future()
-            failed.set_result(UserResult(user.id, user.email, ok=False, reason="error", summary=f"error: {exc}"))
-            return failed
+            return UserResult(user.id, user.email, ok=False, reason="error", summary=f"error: {exc}")
+        previous = (states.get(user.id) if states is not None else None) or AlertState()
+        observed = observed_poll(user, poll, time.monotonic() - fetch_started - self._loop_lag, previous)
         if states is not None:
-            quiet = self._settle_quietly(user, poll, states.get(user.id) or AlertState(), started)
+            quiet = self._settle_quietly(user, poll, previous, observed, started)
             if quiet is not None:
-                done: Outcome = Future()
-                done.set_result(quiet)
-                return done
-        return self._recorders.submit(self._record_one, user, poll, started)
+                return quiet
+        return self._recorders.submit(self._record_one, user, poll, observed, started)
 
-    def _settle_quietly(self, user: User, poll: PollResult, state: AlertState, started: float) -> UserResult | None:
+    def _settle_quietly(self, user: User, poll: PollResult, state: AlertState, observed: dict[str, Any],
+                        started: float) -> UserResult | None:
         try:
-            result = self.engine.decide_without_writing(user, poll, state)
+            result = self.engine.decide_without_writing(user, poll, state, observed)
         except Exception:  # leave it to the full path, which reports the error
             return None
         if result is not None:
@@ -311,11 +577,12 @@ class Poller:
             self._log_poll(result)
         return result
 
-    def _record_one(self, user: User, poll: PollResult, started: float) -> UserResult | Future[UserResult]:
+    def _record_one(self, user: User, poll: PollResult, observed: dict[str, Any],
+                    started: float) -> UserResult | Future[UserResult]:
         """Decide and record (in a recording thread); what is to be sent is handed to the
         sending threads, whose Future is then this user's result."""
         try:
-            result, entries = self.engine.record_poll(user, poll)
+            result, entries = self.engine.record_poll(user, poll, observed)
         except Exception as exc:  # one broken user never stops the others
             return self._finish(self._failed(user, exc), started)
         if entries:
@@ -355,12 +622,101 @@ class Poller:
             pass
 
     def close(self) -> None:
+        for worker in self._workers.values():
+            worker.stop()
+        self._workers.clear()
         self._recorders.shutdown(wait=False, cancel_futures=True)
         self._senders.shutdown(wait=False, cancel_futures=True)
         if self._feed is not None:
             self._feed.close()
         if self._shard_queue is not None:
             self._shard_queue.close()
+
+
+def poll_processes(config: Config) -> int:
+    """SCOUT_POLL_PROCESSES: processes that poll (this one included); default one per
+    usable core."""
+    raw = config.get("SCOUT_POLL_PROCESSES").strip()
+    if not raw:
+        return usable_cores()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"SCOUT_POLL_PROCESSES must be a whole number of at least 1 (got {raw!r}); "
+                          "leave it unset for one per core")
+    return int(raw)
+
+
+class PartitionWorker:
+    """A process that polls one partition of the users whenever the main poller asks.
+
+    Spawned, not forked: it opens its own store client (gRPC clients do not survive a
+    fork), its own messenger and its own event loop. If the main process dies, the pipe
+    closes and the worker stops."""
+
+    def __init__(self, config: Config, index: int, parts: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.index = index
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_partition_main, args=(config, index, parts, child),
+                                       name=f"scout-poller-{index}", daemon=True)
+        self.process.start()
+        child.close()
+
+    def start_poll(self, selection: Selection) -> bool:
+        try:
+            self.conn.send(selection)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def results(self, deadline: float = WORKER_DEADLINE_S) -> tuple[list[UserResult], dict[str, Any]] | None:
+        """The worker's results, or None if it died, failed or overran the deadline."""
+        waited = 0.0
+        while waited < deadline:
+            try:
+                if self.conn.poll(0.5):
+                    answer: tuple[list[UserResult], dict[str, Any]] | None = self.conn.recv()
+                    return answer
+            except (EOFError, OSError):
+                return None
+            if not self.process.is_alive():
+                return None
+            waited += 0.5
+        return None
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(None)
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
+
+
+def _partition_main(config: Config, index: int, parts: int, conn: Any) -> None:
+    from scout.logs import configure_logging
+
+    configure_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process says when to stop
+    poller = Poller(config, processes=parts, partition=(index, parts))
+    try:
+        while True:
+            try:
+                selection = conn.recv()
+            except (EOFError, OSError):
+                break  # the main process is gone
+            if selection is None:
+                break
+            cpu = cpu_seconds()
+            try:
+                results = poller._poll_all(poller.users(selection, partition=index))
+            except Exception:  # reported to the main process, which polls these users itself
+                log.exception("poller worker %d could not poll its users", index)
+                conn.send(None)
+                continue
+            conn.send((results, process_report(index, results, cpu)))
+    finally:
+        poller.close()
 
 
 def poll_interval(config: Config) -> float | None:
@@ -428,7 +784,9 @@ def _supervise(restart_delay: float) -> None:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     parent = os.getppid()
     while not stopping.is_set() and os.getppid() == parent:
-        child = context.Process(target=_poller_main, name="scout-poller", daemon=True)
+        # not a daemon: the poller starts worker processes of its own, which a daemonic
+        # process may not; this loop stops it itself (below)
+        child = context.Process(target=_poller_main, name="scout-poller", daemon=False)
         child.start()
         log.info("poller process started pid=%s", child.pid)
         while child.is_alive() and not stopping.is_set() and os.getppid() == parent:

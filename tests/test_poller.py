@@ -5,6 +5,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -166,11 +167,26 @@ def test_a_decision_is_recorded_while_another_users_alert_is_still_being_sent(
     assert all(e.status == "sent" for user in ("ana", "ben") for e in store.user_log(user))
 
 
-def test_automatic_garbage_collection_is_paused_only_while_a_cycle_fetches() -> None:
+class Node:
+    """Half of a reference cycle, as a failed request's exception and its traceback make."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def test_a_cycle_frees_its_reference_cycles_as_it_goes_and_leaves_older_objects_alone() -> None:
+    thresholds = gc.get_threshold()
     assert gc.isenabled()
     with collection_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
+        assert gc.isenabled() and gc.get_freeze_count() > 0  # what came before is not walked
+        first, second = Node(), Node()
+        first.other, second.other = second, first
+        probe = weakref.ref(first)
+        del first, second
+        garbage = [[n] for n in range(100_000)]  # a cycle's worth of allocations
+        assert probe() is None, "a reference cycle was kept until the end of the cycle"
+        del garbage
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
     with pytest.raises(RuntimeError), collection_paused():
         raise RuntimeError("a cycle that fails")
-    assert gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds

@@ -299,3 +299,14 @@ def test_allowances_and_session_generations_outlive_the_users_data_and_the_proce
 def test_a_burst_of_simultaneous_uses_gets_exactly_the_limit(each_store: Any) -> None:
     waits = all_at_once(6, lambda i: each_store.take_allowance("signin:client:203.0.113.9", T0, 60, 2))
     assert sorted(w == 0 for w in waits) == [False] * 4 + [True] * 2
+
+
+def test_the_poller_reads_the_alert_states_it_asks_for_in_one_call_and_only_those(each_store: Any) -> None:
+    versions = {}
+    for name, state in (("ana", AlertState(watch=True)), ("ben", AlertState(site="slow")),
+                        ("cai", AlertState(failed_polls=3, site="failing"))):
+        assert each_store.commit(name, state, 0, [])
+        versions[name] = state
+    assert each_store.all_states() == versions
+    assert each_store.all_states({"ben", "cai", "never-polled"}) == {"ben": versions["ben"], "cai": versions["cai"]}
+    assert each_store.all_states(set()) == {}

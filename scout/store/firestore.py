@@ -34,7 +34,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -64,6 +64,7 @@ log = logging.getLogger("scout.firestore")
 
 USERS = "scouts"
 ALERT_STATES = "alert_states"
+STATE_BATCH = 300  # alert states read per request when the poller reads them all
 ALERT_LOG = "alert_log"
 LEASES = "poller_leases"
 CYCLES = "poller_cycles"
@@ -466,6 +467,25 @@ class FirestoreStore:
             return AlertState(), 0
         data = snapshot.to_dict() or {}
         return AlertState.from_dict(json.loads(data.get("state") or "{}")), int(data.get("version") or 0)
+
+    def all_states(self, user_ids: Collection[str] | None = None) -> dict[str, AlertState]:
+        """The stored alert states of `user_ids` (every one when None), read in batches:
+        one document read each, as many as reading them one by one during the cycle would
+        cost, and the poller needs them all at its start to order the users by risk."""
+        with _unavailable_on_error("read the alert states"):
+            if user_ids is None:
+                snapshots = list(self.collection(ALERT_STATES).stream())
+            else:
+                ids = list(user_ids)
+                snapshots = []
+                for start in range(0, len(ids), STATE_BATCH):
+                    refs = [self.collection(ALERT_STATES).document(i) for i in ids[start:start + STATE_BATCH]]
+                    snapshots += [snap for snap in self.db.get_all(refs) if snap.exists]
+        states = {}
+        for snapshot in snapshots:
+            data = snapshot.to_dict() or {}
+            states[snapshot.id] = AlertState.from_dict(json.loads(data.get("state") or "{}"))
+        return states
 
     def commit(self, user_id: str, state: AlertState | None, version: int, entries: list[LogEntry]) -> bool:
         """Write `state` (if given) and record `entries`, all or nothing. Returns False,
