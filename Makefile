@@ -3,19 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+# The locked trees: every package pinned with its hashes, resolved by `make lock` from the
+# pins in requirements.in and requirements-dev.in. Installs refuse anything not in the lock.
+PIP_LOCKED := $(BIN)/pip install --quiet --require-hashes --no-deps
+# `make lock` resolves against the default package index alone, whatever this machine's pip settings add.
+PIP_COMPILE := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links
+
+.PHONY: run test lint lock bench clean
 
 $(BIN)/python:
+	$(PYTHON) scripts/check-python.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(PIP_LOCKED) -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(PIP_LOCKED) -r requirements-dev.txt
 	touch $(VENV)/.installed $@
+
+# Re-resolve both locks after changing a pin in requirements.in or requirements-dev.in.
+# Already-locked versions are kept unless a pin moves; `make lock UPGRADE=1` takes the newest allowed.
+lock: $(VENV)/.installed-dev
+	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements.txt requirements.in
+	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements-dev.txt requirements-dev.in
 
 run: $(VENV)/.installed
 	SCOUT_DEV=1 $(BIN)/gunicorn notifier:app

@@ -61,9 +61,18 @@ def register_commands(app: Flask) -> None:
             records = read_import_file(file)
         except ValueError as exc:
             raise ImportFileRefused(f"{file.name} cannot be imported: {exc}") from None
+        from models import StoreUnavailable
+        from scout.progress import Progress
+
         config = get_config()
-        results = import_users(get_store(), records, config.default_region, dry_run=dry_run,
-                               allowed_countries=config.allowed_countries)
+        bar = Progress(len(records), "records")
+        try:
+            results = import_users(get_store(), records, config.default_region, dry_run=dry_run,
+                                   allowed_countries=config.allowed_countries, progress=bar.advance)
+        except StoreUnavailable as exc:
+            raise click.ClickException(f"{exc}. The import stopped near record {bar.done:,} of {len(records):,}; "
+                                       "run it again once the store answers: records already saved are simply "
+                                       "saved again.") from None
         for result in results:
             click.echo(result.line())
         imported = sum(r.imported for r in results)

@@ -22,6 +22,11 @@ DEFAULT_TASKS_QUEUE = "scout-poll"
 EMULATOR_PROJECT = "scout-local"  # the project and location names used with a local Cloud Tasks emulator
 EMULATOR_LOCATION = "local"
 DEFAULT_HISTORY_DAYS = 90
+DEFAULT_POLL_WORKERS = 64  # see scout.poller: recording threads, and as many sending ones
+DEFAULT_POLL_CONNECTIONS = 1000  # Nightscout requests in flight at once within a cycle
+DEFAULT_RESTART_DELAY = 2.0  # seconds before the supervisor starts a dead poller again
+DEFAULT_PORT = 8080
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(Exception):
@@ -66,6 +71,12 @@ class Config:
     history_days: int = DEFAULT_HISTORY_DAYS  # alert log entries older than this are deleted
     operator_name: str = ""  # who runs this Scout, shown on every page
     support_email: str = ""  # where its users write, shown on every page
+    poller: str = "embedded"
+    poll_workers: int = DEFAULT_POLL_WORKERS
+    poll_connections: int = DEFAULT_POLL_CONNECTIONS
+    poll_interval: float | None = None  # None: every minute at second :30
+    restart_delay: float = DEFAULT_RESTART_DELAY
+    log_level: str = "INFO"
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, default: str = "") -> str:
@@ -229,6 +240,68 @@ def _tasks_settings(env: Mapping[str, str]) -> TasksSettings:
                          emulator)
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip()
+    value = raw.lower() if raw else default
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {allowed}, got {raw!r}.")
+    return value
+
+
+def restart_delay(env: Mapping[str, str]) -> float:
+    """SCOUT_RESTART_DELAY: seconds before the supervisor starts a dead poller again."""
+    return _seconds(env, "SCOUT_RESTART_DELAY", DEFAULT_RESTART_DELAY, 600.0)
+
+
+def poll_interval(env: Mapping[str, str]) -> float | None:
+    """SCOUT_POLL_INTERVAL: seconds between cycle starts, for tests and drills; unset
+    (production) means every minute at second :30."""
+    if not env.get("SCOUT_POLL_INTERVAL", "").strip():
+        return None
+    return _seconds(env, "SCOUT_POLL_INTERVAL", 60.0, 3600.0)
+
+
+def log_level(env: Mapping[str, str]) -> str:
+    return _choice(env, "SCOUT_LOG_LEVEL", tuple(level.lower() for level in LOG_LEVELS), "info").upper()
+
+
+def is_dev(env: Mapping[str, str]) -> bool:
+    return env.get("SCOUT_DEV", "").strip() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What gunicorn.conf.py needs before any Scout code runs: where to listen, how many
+    workers and threads."""
+
+    bind: str
+    workers: int
+    threads: int
+    forwarded_allow_ips: str
+    log_level: str
+
+
+def server_settings(env: Mapping[str, str]) -> ServerSettings:
+    """gunicorn's settings. In dev mode (passwordless sign-in) Scout listens on 127.0.0.1
+    only, whatever PORT says; otherwise on every interface at PORT, as App Engine expects."""
+    port = _int(env, "PORT", DEFAULT_PORT, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"PORT must be a TCP port from 1 to 65535, got {port}.")
+    host = "127.0.0.1" if is_dev(env) or not env.get("PORT", "").strip() else "0.0.0.0"
+    return ServerSettings(bind=f"{host}:{port}", workers=_count(env, "WEB_CONCURRENCY", 2),
+                          threads=_count(env, "SCOUT_WEB_THREADS", 8),
+                          forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "").strip() or "*",
+                          log_level=log_level(env))
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip() or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}.")
+    return int(raw)
+
+
 def dev_secret_key(db_path: str) -> str:
     """The session key for dev mode when SECRET_KEY is unset, kept beside the dev database.
 
@@ -272,14 +345,44 @@ def _countries(env: Mapping[str, str]) -> frozenset[str]:
     return codes
 
 
+def _read_secret_manager() -> None:
+    """With SCOUT_SECRETS=secretmanager, fill the unset variables from Secret Manager, once:
+    the processes started from this one (gunicorn's workers, the poller) inherit them. The
+    read runs in a process of its own (scout.secret_manager.main)."""
+    import json
+    import subprocess
+    import sys
+
+    from scout import secret_manager
+
+    try:
+        if not secret_manager.wanted(os.environ):
+            return
+    except secret_manager.SecretsError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        done = subprocess.run([sys.executable, "-m", "scout.secret_manager"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=60)
+    except subprocess.TimeoutExpired:
+        raise ConfigError("Secret Manager did not answer within 60 s: check this server's network and "
+                          "Secret Manager's status.") from None
+    lines = done.stderr.strip().splitlines()
+    if done.returncode != 0:
+        raise ConfigError(lines[-1] if lines else f"reading Secret Manager failed (exit {done.returncode}).")
+    found: dict[str, str] = json.loads(done.stdout)
+    os.environ.update(found)
+    os.environ[secret_manager.READ_MARKER] = ",".join(sorted(found)) or "-"
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Build the configuration from `env` (default: os.environ after loading `.env`)."""
     if env is None:
         from dotenv import load_dotenv
 
         load_dotenv(override=False)
+        _read_secret_manager()
         env = dict(os.environ)
-    dev = env.get("SCOUT_DEV", "").strip() in ("1", "true", "yes")
+    dev = is_dev(env)
     secret_key = env.get("SECRET_KEY", "")
     if not secret_key:
         if not dev:
@@ -321,6 +424,12 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         history_days=_int(env, "SCOUT_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, minimum=1),
         operator_name=env.get("SCOUT_OPERATOR_NAME", "").strip(),
         support_email=_support_email(env),
+        poller=_choice(env, "SCOUT_POLLER", ("embedded", "off"), "embedded"),
+        poll_workers=_count(env, "SCOUT_POLL_WORKERS", DEFAULT_POLL_WORKERS),
+        poll_connections=_count(env, "SCOUT_POLL_CONNECTIONS", DEFAULT_POLL_CONNECTIONS),
+        poll_interval=poll_interval(env),
+        restart_delay=restart_delay(env),
+        log_level=log_level(env),
         env=dict(env),
     )
 

@@ -9,7 +9,6 @@ down) is polled by the lease holder itself, so a queue outage never stops the al
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -68,8 +67,9 @@ def dispatch_cycle(queue: ShardQueue, started_at: float, shards: int,
             missed.add(shard)
     if missed:
         done.polled_here = poll_here(missed)
-    log.info("%s", json.dumps({"event": "dispatch", "cycle": cycle, "shards": shards, "enqueued": done.enqueued,
-                               "already_there": done.already_there, "polled_here": sorted(missed)}, sort_keys=True))
+    log.info("cycle %s dispatched in %d shards", cycle, shards, extra={"fields": {
+        "event": "dispatch", "cycle": cycle, "shards": shards, "enqueued": done.enqueued,
+        "already_there": done.already_there, "polled_here": sorted(missed)}})
     return done
 
 

@@ -7,7 +7,6 @@ alert is never sent twice.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ def log_action(stage: str, entry: LogEntry, level: int = logging.INFO, **extra: 
     its key from the decision to the provider."""
     fields_ = {"event": "action", "stage": stage, "user": entry.user_id, "key": mask_key(entry.key), "kind": entry.kind,
                "purpose": entry.purpose, "to": mask_phone(entry.recipient), **extra}
-    log.log(level, "%s", json.dumps(fields_, sort_keys=True))
+    log.log(level, "action %s: %s %s", stage, entry.kind, entry.purpose, extra={"fields": fields_})
 
 
 def _observe(state: AlertState, observed: dict[str, Any] | None) -> AlertState:
@@ -217,8 +216,8 @@ class Engine:
                 break
         else:
             raise StoreUnavailable(f"could not record the call outcome for {user.email}")
-        log.info("%s", json.dumps({"event": "call_outcome", "user": user.id, "key": mask_key(call_key), "outcome": outcome,
-                                   "detail": detail}, sort_keys=True))
+        log.info("call outcome: %s", outcome, extra={"fields": {
+            "event": "call_outcome", "user": user.id, "key": mask_key(call_key), "outcome": outcome, "detail": detail}})
         if poll is None:
             poll = self.fetch(user)
         decision, entries = self._decide_and_record(user, poll)

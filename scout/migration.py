@@ -6,7 +6,7 @@ that fails is reported with the reason and not imported. Nothing is dropped sile
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,8 @@ import phonenumbers
 from models import MAX_EXTRA_CONTACTS, Contact, Store, User, is_tutorial_era
 from scout.nightscout import BadNightscoutURL, parse_site
 from scout.settings_form import MAX_URL_LENGTH, normalize_phone
+
+IMPORT_BATCH = 500  # users saved per write: Firestore commits at most 500 writes at once
 
 
 class ImportFileError(ValueError):
@@ -206,12 +208,15 @@ def outside_countries(user: User, allowed_countries: frozenset[str]) -> str:
     return ""
 
 
-def import_users(store: Store, records: Iterable[tuple[str, Any]], region: str, dry_run: bool = False,
-                 allowed_countries: frozenset[str] = frozenset(),
-                 ) -> list[ImportResult]:
-    """Check every record and save the valid ones (unless `dry_run`). Running it twice
-    is safe: a record already imported is saved again with the same values."""
-    results, seen = [], {}  # type: list[ImportResult], dict[str, str]
+def import_users(store: Store, records: Sequence[tuple[str, Any]], region: str, dry_run: bool = False,
+                 allowed_countries: frozenset[str] = frozenset(), progress: Callable[[int], None] | None = None,
+                 batch_size: int = IMPORT_BATCH) -> list[ImportResult]:
+    """Check every record and save the valid ones (unless `dry_run`), `batch_size` users per
+    write (Store.save_users); `progress(n)` is told how many records are done. Running it
+    twice is safe: a record already imported is saved again with the same values. If the
+    store fails part way, the batches before are saved and the error is raised."""
+    by_email, by_id = _stored_users(store)  # one read of the store, not two queries per record
+    results, seen, pending = [], {}, []  # type: list[ImportResult], dict[str, str], list[User]
     for index, (doc_id, document) in enumerate(records, start=1):
         result = _check_record(index, doc_id, document, region, seen)
         user = result.user
@@ -219,15 +224,42 @@ def import_users(store: Store, records: Iterable[tuple[str, Any]], region: str, 
         if elsewhere:
             result = ImportResult(result.label, problem=elsewhere)
         elif user is not None:
-            current = store.find_user_by_email(user.email)
-            owner = store.get_user(user.id)
+            current = by_email.get(user.email)
+            owner = by_id.get(user.id)
             if owner is not None and owner.email.lower() != user.email.lower():
                 result = ImportResult(result.label, problem=f"its sub {user.id} belongs to user {owner.id}, who has "
                                                             "another email; their settings are kept")
             elif current is not None and current.id != user.id and not is_tutorial_era(current):
                 result = ImportResult(result.label, problem=f"already signed in with Google as user {current.id}; "
                                                             "their current settings are kept")
-            elif not dry_run:
-                store.save_user(user)
+            else:
+                _remember(user, by_email, by_id)  # a later record of this file sees it, as it would in the store
+                if not dry_run:
+                    pending.append(user)
         results.append(result)
+        if len(pending) >= batch_size:
+            store.save_users(pending)
+            pending = []
+        if progress is not None and index < len(records):
+            progress(index)
+    if pending:
+        store.save_users(pending)
+    if progress is not None:
+        progress(len(results))  # the last batch is saved too
     return results
+
+
+def _stored_users(store: Store) -> tuple[dict[str, User], dict[str, User]]:
+    """Every stored user by email and by id; where two share an email, the one who signed in
+    with Google (as Store.find_user_by_email prefers)."""
+    by_email: dict[str, User] = {}
+    by_id: dict[str, User] = {}
+    for user in store.list_users():
+        _remember(user, by_email, by_id)
+    return by_email, by_id
+
+
+def _remember(user: User, by_email: dict[str, User], by_id: dict[str, User]) -> None:
+    by_id[user.id] = user
+    if user.email not in by_email or is_tutorial_era(by_email[user.email]):
+        by_email[user.email] = user

@@ -36,6 +36,7 @@ from scout.cloudtasks import ShardQueue
 from scout.config import Config, ConfigError
 from scout.dispatch import dispatch_cycle, shard_of
 from scout.engine import Engine, UserResult
+from scout.heartbeat import write_heartbeat
 from scout.nightscout import fetch_readings_async, open_async_session
 from scout.readings import PollFailure, PollResult, Readings
 from scout.store import open_store
@@ -73,7 +74,6 @@ WATCH_MARGIN_MGDL = 20.0
 FALLING_FAST_MGDL_PER_5_MIN = 10  # 2 mg/dL a minute: Dexcom's "SingleDown" and faster
 FALLING_FAST_DIRECTIONS = frozenset({"SingleDown", "DoubleDown", "TripleDown"})
 RESOLVER_THREADS = 64  # name lookups run in threads; 10,000 hosts need more than asyncio's default
-DEFAULT_RESTART_DELAY = 2.0  # seconds before the supervisor starts a dead poller again
 HOLDER_VARIABLE = "SCOUT_POLLER_HOLDER"  # set by the supervisor for the poller processes it starts
 WORKER_DEADLINE_S = 120.0  # a worker silent for this long is replaced and its users polled here
 RESERVED_FILES = 256  # file descriptors kept for SQLite, logs, provider calls and lookups
@@ -249,11 +249,15 @@ class CycleSummary:
             "processes": len(self.processes) or 1,
         }
 
-    def log_line(self) -> str:
+    def log_fields(self) -> dict[str, Any]:
+        """The cycle's figures, as fields of its log line (jsonPayload in Cloud Logging)."""
         fields_: dict[str, Any] = {"event": "cycle", "acted": self.acted, **self.counts}
         if self.error:
             fields_["error"] = self.error
-        return json.dumps(fields_, sort_keys=True)
+        return fields_
+
+    def log_line(self) -> str:
+        return json.dumps(self.log_fields(), sort_keys=True)
 
 
 HISTORY_PRUNE_EVERY = 3600.0  # seconds between two deletions of old alert history
@@ -312,8 +316,8 @@ class Poller:
         self.processes = max(1, processes or (poll_processes(config) if own_parts else 1))
         self.partition = partition if partition != (0, 1) else (0, self.processes)
         self.store = store or open_store(config)
-        self.workers = workers or int(config.get("SCOUT_POLL_WORKERS") or DEFAULT_WORKERS)
-        main = int(config.get("SCOUT_POLL_CONNECTIONS") or DEFAULT_CONNECTIONS)
+        self.workers = workers or config.poll_workers
+        main = config.poll_connections
         slow = int(config.get("SCOUT_POLL_SLOW_CONNECTIONS") or DEFAULT_SLOW_CONNECTIONS)
         allowed = allowed_connections(main + slow)
         # if the open-files limit cannot be raised far enough, the slow lane gives way first
@@ -360,7 +364,6 @@ class Poller:
         try:
             if use_lease and not self.holds_lease():
                 summary.acted = False
-                log.info("another poller holds the lease; standing by")
                 return summary
             summary.retried = self._retry_unsent()
             # `poll --once` (no lease) polls every user here, now, as the operator asked
@@ -378,7 +381,11 @@ class Poller:
             summary.error = f"{type(exc).__name__}: {exc}"
             log.exception("cycle failed unexpectedly; the next cycle will try again")
         summary.duration = self.clock() - summary.started_at
-        log.info("%s", summary.log_line())
+        if summary.acted:
+            log.log(logging.WARNING if summary.error else logging.INFO, "poll cycle %s",
+                    "failed" if summary.error else "finished", extra={"fields": summary.log_fields()})
+        else:
+            log.info("another poller holds the lease; standing by", extra={"fields": summary.log_fields()})
         return summary
 
     def _dispatch(self, summary: CycleSummary) -> None:
@@ -612,7 +619,10 @@ class Poller:
     @staticmethod
     def _log_poll(result: UserResult) -> None:
         log.info("poll user=%s ok=%s reason=%s calls=%d messages=%d elapsed=%.3f",
-                 result.user_id, result.ok, result.reason or "-", result.calls, result.messages, result.elapsed)
+                 result.user_id, result.ok, result.reason or "-", result.calls, result.messages, result.elapsed,
+                 extra={"fields": {
+                     "event": "poll", "user": result.user_id, "ok": result.ok, "reason": result.reason or "",
+                     "calls": result.calls, "messages": result.messages, "elapsed_s": round(result.elapsed, 3)}})
         log.debug("poll user=%s summary=%s", result.user_id, result.summary)  # glucose values: DEBUG only
 
     def release(self) -> None:
@@ -719,13 +729,6 @@ def _partition_main(config: Config, index: int, parts: int, conn: Any) -> None:
         poller.close()
 
 
-def poll_interval(config: Config) -> float | None:
-    """SCOUT_POLL_INTERVAL seconds between cycle starts, for tests and drills; unset
-    (production) means every minute at second :30."""
-    raw = config.get("SCOUT_POLL_INTERVAL").strip()
-    return float(raw) if raw else None
-
-
 def run_forever(config: Config, stop: threading.Event | None = None, poller: Poller | None = None) -> None:
     """Run a cycle at second :30 of every minute until stopped (SIGTERM, SIGINT)."""
     stop = stop or threading.Event()
@@ -734,11 +737,11 @@ def run_forever(config: Config, stop: threading.Event | None = None, poller: Pol
             signal.signal(signum, lambda *_: stop.set())
     poller = poller or Poller(config)
     parent = os.getppid()
-    interval = poll_interval(config)
+    interval = config.poll_interval
     # Cycles run one at a time in this thread: a cycle that overruns the minute delays the
     # next one instead of overlapping it.
     scheduler = schedule.Scheduler()
-    scheduler.every().minute.at(":30").do(poller.run_cycle)
+    scheduler.every().minute.at(":30").do(_cycle_and_heartbeat, poller, config)
     next_drill = time.monotonic()  # SCOUT_POLL_INTERVAL: seconds between cycle starts (drills)
     when = f"every {interval:g} s" if interval else "every minute at :30"
     log.info("poller started holder=%s; polling %s", poller.holder, when)
@@ -747,7 +750,7 @@ def run_forever(config: Config, stop: threading.Event | None = None, poller: Pol
             if interval:
                 if time.monotonic() >= next_drill:
                     next_drill = time.monotonic() + interval
-                    poller.run_cycle()
+                    _cycle_and_heartbeat(poller, config)
                 idle: float | None = next_drill - time.monotonic()
             else:
                 scheduler.run_pending()
@@ -760,6 +763,15 @@ def run_forever(config: Config, stop: threading.Event | None = None, poller: Pol
         poller.release()
         poller.close()
         log.info("poller stopped")
+
+
+def _cycle_and_heartbeat(poller: Poller, config: Config) -> None:
+    """One cycle, then a note on this instance's disk that its poller ran (scout.heartbeat)."""
+    summary = poller.run_cycle()
+    try:
+        write_heartbeat(config, time.time(), summary.acted, summary.error)
+    except OSError as exc:  # a full disk must not stop the alerts
+        log.warning("the poller heartbeat cannot be written: %s", exc)
 
 
 # --- one poller per deployment ----------------------------------------------------
@@ -802,11 +814,12 @@ def _supervise(restart_delay: float) -> None:
 def supervisor_main(restart_delay: float | None = None) -> None:
     """The supervisor's entry point. SCOUT_RESTART_DELAY (seconds, default 2) is the
     pause before a dead poller is started again."""
+    from scout.config import restart_delay as configured_restart_delay
     from scout.logs import configure_logging
 
     configure_logging()
     if restart_delay is None:
-        restart_delay = float(os.environ.get("SCOUT_RESTART_DELAY") or DEFAULT_RESTART_DELAY)
+        restart_delay = configured_restart_delay(os.environ)
     _supervise(restart_delay)
 
 

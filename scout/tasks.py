@@ -8,7 +8,6 @@ means nothing: there, keep /tasks/ unreachable from outside (docs/deploy.md).
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,7 +20,7 @@ from scout.config import Config
 from scout.context import address_policy, get_config, get_store
 from scout.dispatch import poll_users, shard_counts, shard_of
 from scout.engine import Engine
-from scout.poller import poll_interval, rules_from
+from scout.poller import rules_from
 from scout.telephony import make_messenger
 
 log = logging.getLogger("scout.tasks")
@@ -62,8 +61,8 @@ def poll_shard() -> tuple[Response, int]:
     age = time.time() - task.started_at
     if age > _cycle_period(config):
         # a retry that outlived its cycle: the next cycle's task polls these users
-        log.warning("%s", json.dumps({"event": "shard_skipped", "cycle": task.cycle, "shard": task.shard,
-                                      "age_s": round(age, 1)}, sort_keys=True))
+        log.warning("shard %s of cycle %s skipped: its cycle is over", task.shard, task.cycle, extra={"fields": {
+            "event": "shard_skipped", "cycle": task.cycle, "shard": task.shard, "age_s": round(age, 1)}})
         return jsonify({"skipped": "the cycle is over"}), 200
     try:
         users = [u for u in _user_feed().users() if u.is_watchable and shard_of(u.id, task.shards) == task.shard]
@@ -72,18 +71,18 @@ def poll_shard() -> tuple[Response, int]:
         log.error("shard %s of cycle %s failed: %s; Cloud Tasks will retry it", task.shard, task.cycle, exc)
         return _refusal(503, f"The store is unavailable: {exc}")
     counts = shard_counts(results)
-    log.info("%s", json.dumps({"event": "shard", "cycle": task.cycle, "shard": task.shard, "shards": task.shards,
-                               "retry": request.headers.get(RETRY_HEADER, "0"), **counts}, sort_keys=True))
+    log.info("shard %s of cycle %s polled", task.shard, task.cycle, extra={"fields": {
+        "event": "shard", "cycle": task.cycle, "shard": task.shard, "shards": task.shards,
+        "retry": request.headers.get(RETRY_HEADER, "0"), **counts}})
     return jsonify(counts), 200
 
 
 def _cycle_period(config: Config) -> float:
-    return poll_interval(config) or 60.0
+    return config.poll_interval or 60.0
 
 
 def _shard_threads(config: Config) -> int:
-    raw = config.get("SCOUT_POLL_WORKERS").strip()
-    return min(int(raw), DEFAULT_SHARD_THREADS) if raw.isdigit() and int(raw) > 0 else DEFAULT_SHARD_THREADS
+    return min(config.poll_workers, DEFAULT_SHARD_THREADS)
 
 
 def _user_feed() -> UserFeed:

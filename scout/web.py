@@ -3,19 +3,16 @@ the dev sign-in and a simulated Nightscout."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from flask_wtf.csrf import CSRFProtect
 
 from models import Store
-from scout import dashboard, devtools, pages, tasks, webhooks
+from scout import dashboard, devtools, health, pages, tasks, webhooks
 from scout.cli import register_commands
 from scout.config import Config, load_config
-from scout.context import get_config, get_store
+from scout.context import get_config
 from scout.logs import configure_logging
-
-HEALTHY_WITHIN = 180.0  # /healthz fails when no poll cycle finished in the last 3 minutes
 
 csrf = CSRFProtect()
 
@@ -52,7 +49,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     if config.dispatch == "cloudtasks":  # otherwise /tasks/... does not exist
         app.register_blueprint(tasks.bp)
         csrf.exempt(tasks.bp)  # only Cloud Tasks may call it (scout.tasks checks its headers)
-    app.add_url_rule("/healthz", "healthz", healthz)
+    health.init_app(app)
     app.after_request(_security_headers)
 
     register_commands(app)
@@ -63,20 +60,6 @@ def _project_root() -> str:
     import os
 
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def healthz() -> tuple[Response, int]:
-    record = get_store().last_cycle()
-    now = time.time()
-    body: dict[str, Any] = {"last_cycle": None, "healthy": False}
-    if record is not None:
-        body.update(
-            last_cycle=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.finished_at)),
-            seconds_ago=round(now - record.finished_at, 1),
-            summary=record.summary,
-            healthy=now - record.finished_at <= HEALTHY_WITHIN,
-        )
-    return jsonify(body), 200 if body["healthy"] else 503
 
 
 def _security_headers(response: Response) -> Response:

@@ -19,6 +19,7 @@ from werkzeug import Request, Response
 
 from models import Contact, User
 from scout.config import load_config
+from scout.logs import JsonFormatter
 from scout.nightscout import fetch_readings
 from scout.readings import PollFailure, Readings
 from scout.store.sqlite import SqliteStore
@@ -802,7 +803,7 @@ def test_a_cycle_and_a_webhook_log_no_phone_number_email_or_glucose_value(
     scout.finish_call("no-answer" if scout.provider == "twilio" else "unanswered")  # the contacts are texted
     assert len(scout.messages()) == 3, "the cycle and the webhook did their work"
     shown = [r for r in caplog.records if r.levelno >= logging.INFO]
-    text = "\n".join(r.getMessage() for r in shown)
+    text = "\n".join(JsonFormatter().format(r) for r in shown)  # each line as written: message and fields
     assert "call placed" in text and '"stage": "sent"' in text  # the scan read the lines that matter
     for number in (USER_PHONE, EMERGENCY, EXTRA_SMS, WHATSAPP_CONTACT):
         assert number.lstrip("+") not in text.replace("+", ""), number

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scout.config import ConfigError, load_config
+from scout.config import ConfigError, load_config, server_settings
 
 pytestmark = pytest.mark.usefixtures("scratch_cwd")
 
@@ -92,3 +92,56 @@ def test_the_app_refuses_to_start_with_one_line_naming_the_variable(tmp_path: Pa
     assert done.stderr.strip().splitlines() == [
         "Scout cannot start: SECRET_KEY is not set: set it to a long random string (see .env.example)."
     ]
+
+
+# --- every setting in scout/config.py (issue 13) ------------------------------------------
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("SCOUT_POLL_INTERVAL", "abc", "SCOUT_POLL_INTERVAL must be a number of seconds such as 10, got 'abc'."),
+    ("SCOUT_POLL_INTERVAL", "0", "SCOUT_POLL_INTERVAL must be more than 0 and at most 3600 seconds, got 0."),
+    ("SCOUT_POLL_WORKERS", "0", "SCOUT_POLL_WORKERS must be a whole number of at least 1, got '0'."),
+    ("SCOUT_POLL_WORKERS", "many", "SCOUT_POLL_WORKERS must be a whole number of at least 1, got 'many'."),
+    ("SCOUT_POLL_CONNECTIONS", "1e3", "SCOUT_POLL_CONNECTIONS must be a whole number of at least 1, got '1e3'."),
+    ("SCOUT_RESTART_DELAY", "-1", "SCOUT_RESTART_DELAY must be more than 0 and at most 600 seconds, got -1."),
+    ("SCOUT_RESTART_DELAY", "soon", "SCOUT_RESTART_DELAY must be a number of seconds such as 10, got 'soon'."),
+    ("SCOUT_POLLER", "maybe", "SCOUT_POLLER must be one of 'embedded', 'off', got 'maybe'."),
+    ("SCOUT_LOG_LEVEL", "LOUD", "SCOUT_LOG_LEVEL must be one of 'debug', 'info', 'warning', 'error', got 'LOUD'."),
+])
+def test_a_bad_poller_or_logging_setting_is_refused_naming_it(name: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config({"SCOUT_DEV": "1", "SECRET_KEY": "k", name: value})
+    assert str(refused.value) == problem
+
+
+def test_poller_settings_are_read_in_one_place() -> None:
+    config = load_config({"SCOUT_DEV": "1", "SECRET_KEY": "k", "SCOUT_POLL_INTERVAL": "0.5", "SCOUT_POLL_WORKERS": "8",
+                          "SCOUT_POLL_CONNECTIONS": "200", "SCOUT_RESTART_DELAY": "0.2", "SCOUT_POLLER": "OFF",
+                          "SCOUT_LOG_LEVEL": "warning"})
+    assert (config.poll_interval, config.poll_workers, config.poll_connections, config.restart_delay) == (0.5, 8, 200, 0.2)
+    assert (config.poller, config.log_level) == ("off", "WARNING")
+    defaults = load_config({"SCOUT_DEV": "1", "SECRET_KEY": "k"})
+    assert (defaults.poll_interval, defaults.poll_workers, defaults.poll_connections) == (None, 64, 1000)
+    assert (defaults.restart_delay, defaults.poller, defaults.log_level) == (2.0, "embedded", "INFO")
+
+
+@pytest.mark.parametrize("env, bind", [
+    ({"SCOUT_DEV": "1", "PORT": "8081"}, "127.0.0.1:8081"),  # dev mode signs people in without a password
+    ({"SCOUT_DEV": "1"}, "127.0.0.1:8080"),
+    ({"PORT": "8080"}, "0.0.0.0:8080"),  # App Engine sets PORT and reaches gunicorn from outside the container
+    ({}, "127.0.0.1:8080"),
+])
+def test_gunicorn_binds_loopback_in_dev_mode_whatever_port_says(env: dict[str, str], bind: str) -> None:
+    assert server_settings(env).bind == bind
+
+
+@pytest.mark.parametrize("name, value", [("PORT", "http"), ("PORT", "70000"), ("SCOUT_POLL_INTERVAL", "abc"),
+                                         ("SCOUT_LOG_LEVEL", "chatty")])
+def test_gunicorn_refuses_a_bad_setting_in_one_line(tmp_path: Path, name: str, value: str) -> None:
+    """SCOUT_POLL_INTERVAL=abc used to crash the poller every 2.5 s while the site looked healthy."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "SCOUT_DEV": "1", "SECRET_KEY": "k", "SCOUT_DB": str(tmp_path / "s.sqlite3"), name: value}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "notifier:app"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"Scout cannot start: {name} must be"), line

@@ -30,14 +30,18 @@ def gunicorn_conf() -> ModuleType:
     return module
 
 
-def test_app_yaml_runs_gunicorn_on_flex_with_health_checks_and_two_manual_instances() -> None:
+def test_app_yaml_runs_gunicorn_on_flex_with_health_checks_that_mean_one_thing_each() -> None:
     text = (ROOT / "app.yaml").read_text()
     assert re.search(r"^runtime: python$", text, re.M) and re.search(r"^env: flex$", text, re.M)
     assert re.search(r"^entrypoint: gunicorn -c gunicorn.conf.py notifier:app$", text, re.M)
     assert re.search(r"^manual_scaling:\n  instances: 2$", text, re.M)
-    assert text.count('path: "/healthz"') == 2
-    assert not re.search(r"(SECRET_KEY|AUTH_TOKEN|API_SECRET|PRIVATE_KEY)\s*:", text), "no secrets in app.yaml"
-    assert text.rstrip().splitlines()[-1].startswith("  "), "env_variables must stay the last block"
+    assert re.search(r'^liveness_check:\n  path: "/healthz/live"$', text, re.M)
+    assert re.search(r'^readiness_check:\n  path: "/healthz/ready"$', text, re.M)
+    assert re.search(r'^  SCOUT_SECRETS: "secretmanager"$', text, re.M)
+    assert not re.search(r"(SECRET_KEY|AUTH_TOKEN|API_SECRET|PRIVATE_KEY|SIGNATURE_SECRET)\s*:", text), "no secrets"
+    version = re.search(r'runtime_version: "(3\.\d+)"', text)
+    assert version and f"<3.{int(version.group(1).split('.')[1]) + 1}" in (ROOT / "pyproject.toml").read_text(), \
+        "pyproject's requires-python and App Engine's runtime_version name the same Python"
 
 
 @pytest.mark.parametrize(
@@ -80,45 +84,82 @@ def test_a_service_account_file_names_the_project(tmp_path: Path) -> None:
     assert FirestoreStore.from_config(config).project_id == "scout-prod"  # no client is created
 
 
-FAKE_GCLOUD = """#!/usr/bin/env bash
-# A stand-in for gcloud: secrets come from $SECRETS_DIR, `app deploy` copies its file to $DEPLOYED.
-if [ "$1 $2 $3" = "secrets versions access" ]; then
-  name="${5#--secret=}"
-  [ -f "$SECRETS_DIR/$name" ] && exec cat "$SECRETS_DIR/$name"
-  echo "NOT_FOUND: secret $name" >&2; exit 1
-fi
-if [ "$1 $2" = "app deploy" ]; then cp "$3" "$DEPLOYED"; echo "$@" > "$DEPLOYED.args"; exit 0; fi
-exit 2
-"""
+FAKE_GCLOUD = ROOT / "tests" / "fake_gcloud"
+PROVIDER_SECRETS = {"SCOUT_TELEPHONY": "twilio", "TWILIO_ACCOUNT_SID": "AC123", "TWILIO_AUTH_TOKEN": "token",
+                    "TWILIO_NUMBER": "+15551234567"}
+REQUIRED = {"SECRET_KEY": "s3cret", "SITE_URL": "https://scout.example.org", "GOOGLE_CLIENT_ID": "1.apps.googleusercontent.com"}
 
 
-def test_the_deploy_script_passes_secret_manager_values_into_a_temporary_app_yaml(tmp_path: Path) -> None:
-    bin_dir, secrets = tmp_path / "bin", tmp_path / "secrets"
-    bin_dir.mkdir()
-    secrets.mkdir()
-    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
-    (bin_dir / "gcloud").chmod(0o755)
-    pem = "-----BEGIN PRIVATE KEY-----\nMIIB\"quoted\"\n-----END PRIVATE KEY-----\n"
-    (secrets / "SECRET_KEY").write_text("s3cret")
-    (secrets / "NEXMO_PRIVATE_KEY").write_text(pem)
-    deployed = tmp_path / "deployed.yaml"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SECRETS_DIR": str(secrets),
-           "DEPLOYED": str(deployed)}
-    done = subprocess.run(["bash", "scripts/deploy.sh", "scout-prod"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+def gcloud_env(state: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{FAKE_GCLOUD}:{os.environ['PATH']}", "FAKE_GCLOUD_STATE": str(state), **extra}
+
+
+def store_secrets(state: Path, secrets: dict[str, str]) -> None:
+    (state / "secrets").mkdir(parents=True, exist_ok=True)
+    for name, value in secrets.items():
+        (state / "secrets" / name).write_text(value)
+
+
+def deploy(state: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "scripts/deploy.sh", "scout-prod"], cwd=ROOT, env=gcloud_env(state, **extra),
+                          capture_output=True, text=True, timeout=60)
+
+
+def gcloud_calls(state: Path) -> list[dict[str, Any]]:
+    path = state / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_deploy_script_checks_every_secret_then_deploys_app_yaml_with_nothing_secret(tmp_path: Path) -> None:
+    store_secrets(tmp_path, {**REQUIRED, **PROVIDER_SECRETS})
+    done = deploy(tmp_path)
     assert done.returncode == 0, done.stderr
-    text = deployed.read_text()
-    assert text.startswith((ROOT / "app.yaml").read_text())
-    added = dict(line.strip().split(": ", 1) for line in text[len((ROOT / "app.yaml").read_text()):].splitlines())
-    assert {name: json.loads(value) for name, value in added.items()} == {
-        "SECRET_KEY": "s3cret", "NEXMO_PRIVATE_KEY": pem.rstrip("\n")}
-    assert "--project=scout-prod" in (tmp_path / "deployed.yaml.args").read_text()
-    assert not list(ROOT.glob(".app.deploy.*")), "the file holding the secrets is deleted"
+    assert (tmp_path / "deployed.yaml").read_text() == (ROOT / "app.yaml").read_text()
+    checked = {c["flags"]["--secret"][0] for c in gcloud_calls(tmp_path) if c["command"] == "secrets versions describe"}
+    assert checked == set(REQUIRED) | set(PROVIDER_SECRETS)
+    [deployed] = [c for c in gcloud_calls(tmp_path) if c["command"] == "app deploy"]
+    assert deployed["args"] == ["app.yaml"] and deployed["flags"]["--project"] == ["scout-prod"]
+    accessed = [c["flags"]["--secret"][0] for c in gcloud_calls(tmp_path) if c["command"] == "secrets versions access"]
+    assert accessed == ["SCOUT_TELEPHONY"], "only the provider's name is read; no secret value leaves Secret Manager"
+    assert not list(ROOT.glob(".app.deploy.*"))
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "GOOGLE_CLIENT_ID", "SCOUT_TELEPHONY", "TWILIO_AUTH_TOKEN"])
+def test_the_deploy_script_stops_on_a_missing_secret_showing_gcloud_s_error(tmp_path: Path, missing: str) -> None:
+    store_secrets(tmp_path, {k: v for k, v in {**REQUIRED, **PROVIDER_SECRETS}.items() if k != missing})
+    done = deploy(tmp_path)
+    assert done.returncode == 1
+    assert f"NOT_FOUND: Secret [projects/scout-prod/secrets/{missing}] not found" in done.stderr, "gcloud's own error"
+    assert f"deploy: stopped: the secret {missing} cannot be read in project scout-prod" in done.stderr
+    assert f"gcloud secrets create {missing} --data-file=- --project=scout-prod" in done.stderr
+    assert not any(c["command"] == "app deploy" for c in gcloud_calls(tmp_path))
+
+
+def test_the_deploy_script_stops_when_gcloud_is_not_logged_in(tmp_path: Path) -> None:
+    store_secrets(tmp_path, {**REQUIRED, **PROVIDER_SECRETS})
+    done = deploy(tmp_path, FAKE_GCLOUD_LOGGED_OUT="1")
+    assert done.returncode == 1
+    assert "You do not currently have an active account selected" in done.stderr
+    assert not any(c["command"] == "app deploy" for c in gcloud_calls(tmp_path))
+
+
+def test_the_deploy_script_refuses_an_unknown_provider(tmp_path: Path) -> None:
+    store_secrets(tmp_path, {**REQUIRED, **PROVIDER_SECRETS, "SCOUT_TELEPHONY": "pigeon"})
+    done = deploy(tmp_path)
+    assert done.returncode == 1 and "SCOUT_TELEPHONY says 'pigeon'; it must be twilio or vonage" in done.stderr
+    assert not any(c["command"] == "app deploy" for c in gcloud_calls(tmp_path))
+
+
+def test_gcloudignore_keeps_local_settings_keys_and_tests_out_of_the_upload() -> None:
+    ignored = {line.strip() for line in (ROOT / ".gcloudignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".env", ".env.*", "!.env.example", "*.pem", "*.key", "instance/", "tests/", ".venv/", ".git/",
+            ".app.deploy.*"} <= ignored
 
 
 def test_env_example_documents_every_variable_scout_reads() -> None:
     documented = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
-    sources = [*ROOT.glob("scout/*.py"), ROOT / "gunicorn.conf.py", ROOT / "notifier.py"]
+    sources = [*ROOT.glob("scout/**/*.py"), ROOT / "gunicorn.conf.py", ROOT / "notifier.py"]
     read = set()
     for source in sources:
         text = source.read_text()

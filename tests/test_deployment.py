@@ -74,7 +74,7 @@ class Gunicorn:
         deadline = time.time() + 30
         while True:
             try:
-                requests.get(f"{self.base}/healthz", timeout=2)
+                requests.get(f"{self.base}/healthz/live", timeout=5)
                 return
             except (requests.ConnectionError, requests.Timeout):  # a worker still booting on a loaded machine
                 if time.time() > deadline:

@@ -38,6 +38,14 @@ from tests.test_nightscout import entries
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def logged_json(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """Every captured record as the one JSON line Scout writes for it."""
+    from scout.logs import JsonFormatter
+
+    formatter = JsonFormatter()
+    return [json.loads(formatter.format(record)) for record in caplog.records]
+
+
 def calls_and_texts(store: SqliteStore, user_id: str) -> list[tuple[str, str, str]]:
     return sorted((e.kind, e.purpose, e.status) for e in store.user_log(user_id))
 
@@ -145,7 +153,7 @@ def test_a_locked_store_fails_one_cycle_loudly_and_the_next_cycle_alerts_with_no
         failed = poller.run_cycle(use_lease=use_lease)
     assert failed.error  # reported in the cycle's summary and log line, not raised
     assert store.user_log("sub-ana") == []  # nothing half-done: no action recorded without its state
-    cycle_lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith('{"acted"')]
+    cycle_lines = [line for line in logged_json(caplog) if line.get("event") == "cycle"]
     assert cycle_lines and "error" in cycle_lines[-1]
 
     recovered = poller.run_cycle(use_lease=use_lease)
@@ -196,7 +204,7 @@ def test_a_full_disk_fails_one_cycle_loudly_and_the_next_cycle_alerts_with_nothi
     assert "could not be written" in failed.error and "disk" in failed.error, failed.error  # reported, not raised
     assert store.user_log("sub-ana") == []  # nothing half-done: no action recorded without its state
     assert store.get_state("sub-ana") == (AlertState(), 0)  # nor a state without its actions
-    cycle_lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith('{"acted"')]
+    cycle_lines = [line for line in logged_json(caplog) if line.get("event") == "cycle"]
     assert cycle_lines and "disk" in cycle_lines[-1]["error"]
 
     recovered = poller.run_cycle(use_lease=use_lease)
@@ -323,11 +331,11 @@ def test_each_cycle_and_each_action_log_one_json_line(
     store.save_user(make_user("http://127.0.0.1:9/", id="down", email="down@example.com"))
     caplog.set_level(logging.INFO)
     Poller(config, store=store).run_cycle()
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
-    [cycle] = [line for line in lines if line["event"] == "cycle"]
+    lines = logged_json(caplog)
+    [cycle] = [line for line in lines if line.get("event") == "cycle"]
     assert cycle["users"] == 2 and cycle["ok"] == 1 and cycle["failed"] == {"unreachable": 1}
     assert cycle["calls"] == 1 and cycle["messages"] == 3 and cycle["duration_s"] >= 0
-    actions = [line for line in lines if line["event"] == "action"]
+    actions = [line for line in lines if line.get("event") == "action"]
     assert sorted(a["stage"] for a in actions) == ["recorded"] * 4 + ["sent"] * 4
     for action in actions:
         assert {"user", "key", "kind", "purpose", "to"} <= action.keys()

@@ -199,7 +199,7 @@ def check_failed_cycle(summary: CycleSummary, took: float, caplog: pytest.LogCap
     assert took < FAILED_CYCLE_BOUND, f"the cycle took {took:.1f} s: a Firestore request was not bounded"
     assert summary.error.startswith("Firestore could not"), summary.error
     assert "SCOUT_FIRESTORE_TIMEOUT" in summary.error  # says what to check and what Scout does next
-    cycle_lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith('{"acted"')]
+    cycle_lines = [fields for r in caplog.records if (fields := getattr(r, "fields", {})).get("event") == "cycle"]
     assert cycle_lines and cycle_lines[-1]["error"] == summary.error
     assert any(r.levelno == logging.ERROR and r.getMessage().startswith("cycle failed") for r in caplog.records)
     # nothing half-done: no action recorded, and no state without its actions

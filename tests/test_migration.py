@@ -65,7 +65,7 @@ def test_invalid_records_are_listed_with_the_reason_and_not_imported(
     ]
     result = run_import(app_on(config, each_store), tmp_path, records)
     assert result.exit_code == 1
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # the report; the progress bar is on stderr
     assert lines[0].startswith("imported      ana@example.com")
     assert lines[1] == ("NOT imported  record 2: phone: '12' is not a valid phone number. "
                         "Check the digits and the country code.")

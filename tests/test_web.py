@@ -8,7 +8,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from models import CycleRecord
 from scout.config import load_config
 from scout.store.sqlite import SqliteStore
 from scout.web import create_app
@@ -29,15 +28,6 @@ SETTINGS = {
 
 def save(client: FlaskClient, **changes: object) -> object:
     return client.post("/", data={**SETTINGS, **changes, "csrf_token": csrf_token(client)})
-
-
-def test_healthz_is_503_until_a_cycle_finishes_then_200(client: FlaskClient, store: SqliteStore) -> None:
-    assert client.get("/healthz").status_code == 503
-    store.record_cycle(CycleRecord(time.time(), {"users": 0}))
-    response = client.get("/healthz")
-    assert response.status_code == 200 and response.get_json()["summary"] == {"users": 0}
-    store.record_cycle(CycleRecord(time.time() - 181, {"users": 0}))
-    assert client.get("/healthz").status_code == 503
 
 
 def test_the_dev_sign_in_then_saving_settings_stores_them_in_e164(

@@ -238,6 +238,17 @@ class SqliteStore:
                 (user.id, user.email, json.dumps(user.as_dict()), time.time()),
             )
 
+    def save_users(self, users: list[User]) -> None:
+        """Every user in one transaction (an import saves thousands)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO users (id, email, data, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET email = excluded.email, data = excluded.data, "
+                "updated_at = excluded.updated_at",
+                [(user.id, user.email, json.dumps(user.as_dict()), now) for user in users],
+            )
+
     def delete_user(self, user_id: str) -> None:
         with self._transaction() as db:
             for table, column in (("users", "id"), ("alert_state", "user_id"), ("alert_log", "user_id")):
