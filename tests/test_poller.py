@@ -74,13 +74,16 @@ def test_the_next_call_comes_after_wait_after_call(config: Config, store: Sqlite
     assert [e.kind for e in store.user_log("sub-ana")].count("call") == 2
 
 
+HANG_S = 8.0
+
+
 def test_one_hung_or_broken_site_delays_nobody_else(
     config: Config, store: SqliteStore, threaded_httpserver: HTTPServer
 ) -> None:
     httpserver = threaded_httpserver
 
     def hang(_request: Any) -> Any:
-        time.sleep(3)
+        time.sleep(HANG_S)
 
     httpserver.expect_request("/hung/api/v1/entries/sgv.json").respond_with_handler(hang)
     httpserver.expect_request("/html/api/v1/entries/sgv.json").respond_with_data("<html>", content_type="text/html")
@@ -95,13 +98,15 @@ def test_one_hung_or_broken_site_delays_nobody_else(
     summary = poller.run_cycle()
     by_user = {r.user_id: r for r in summary.results}
     assert [e.kind for e in store.user_log("low")].count("call") == 1
-    assert by_user["low"].elapsed < 1.0  # not held up by the hung site
+    assert by_user["low"].elapsed < by_user["hung"].elapsed  # not held up by the hung site
     assert by_user["hung"].reason == "timeout"
     assert by_user["html"].reason == "not_json"
     assert by_user["bad"].reason == "refused_url"
     assert summary.counts["failed"] == {"not_json": 1, "refused_url": 1, "timeout": 1}
     assert store.get_state("html")[0].failed_polls == 1
-    assert time.monotonic() - started < 2.5
+    # the hung request was given up at its 1 s timeout, not waited out: a margin of seconds
+    # for a loaded machine, yet the cycle ends well before the site would have answered
+    assert time.monotonic() - started < HANG_S - 2
 
 
 def test_a_user_changed_on_the_page_is_polled_with_the_new_settings_next_cycle(
