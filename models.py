@@ -107,6 +107,9 @@ class CallRecord:
     outcome: str = "pending"  # pending | acknowledged | unanswered
     detail: str = ""  # the provider's final status, e.g. "no-answer"
     escalated: bool = False  # contacts were told about this unanswered call
+    # Recorded but not placed yet (waiting its turn in the send queue). Only a placed call
+    # can go unanswered: one that cannot be placed is "unplaced", and contacts are told so.
+    queued: bool = False
 
 
 @dataclass
@@ -141,6 +144,13 @@ class AlertState:
     # scout.poller.order_by_risk). Written only when it changes, like everything here.
     site: str = ""  # how the Nightscout site answered: "slow", "failing"; "" fast (or never polled)
     watch: bool = False  # the last value was out of range, near a threshold, or falling fast
+    # Freshness by arrival: the Nightscout entries Scout has seen, each as
+    # [key, uploader's date, value, first seen at, seen arrive (1) or found at first poll (0)].
+    seen: list[list[Any]] = field(default_factory=list)
+    last_arrival_at: float | None = None  # when the newest valid reading first reached Scout
+    watching_since: float | None = None  # Scout's first poll of this user: entries new after it arrived since
+    clock_skew_told: bool = False  # the user was told their uploader's clock is off (this skew episode)
+    last_call_at: float | None = None  # the last alert call of any episode: WAIT_AFTER_CALL is per user
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,9 +173,10 @@ class AlertState:
         user's state every minute, and this is ten times faster."""
         ep = self.episode
         if ep is None:
-            return replace(self)
+            return replace(self, seen=list(self.seen))
         call = replace(ep.call) if ep.call is not None else None
-        return replace(self, episode=replace(ep, call=call, alerted=[list(pair) for pair in ep.alerted]))
+        return replace(self, episode=replace(ep, call=call, alerted=[list(pair) for pair in ep.alerted]),
+                       seen=list(self.seen))
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,7 @@ class LogEntry:
     updated_at: float = 0.0
     claimed_until: float = 0.0
     id: str = ""
+    urgency: float = 5000.0  # the send queue's order: lower goes first (see scout.alerts.urgency)
 
     @property
     def claimable(self) -> bool:

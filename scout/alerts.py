@@ -7,14 +7,25 @@ rules" lives here, so each can be tested with a fixed clock.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from models import AlertState, CallRecord, Episode, User
-from scout.readings import PollFailure, PollResult, Reading, Readings, format_value
+from scout.readings import PollFailure, PollResult, Reading, Readings, SensorError, change_between, format_value
 
 UNANSWERED = "unanswered"
 ACKNOWLEDGED = "acknowledged"
 PENDING = "pending"
+UNPLACED = "unplaced"  # the call could not be placed at all (the provider kept refusing or throttling)
+
+FUTURE_TOLERANCE = 2 * 60  # a reading dated further ahead than this is timed by its arrival
+CLOCK_TOLERANCE = 5 * 60  # dates further than this from the arrival: the uploader's clock is off
+SEEN_KEPT = 12  # entries remembered per user (besides those in the latest poll)
+
+# The send queue's order (lower goes first): first calls before repeat calls, lows before
+# highs, the lowest value first; then contact texts, notices, and all-clears last.
+URGENCY_FIRST_CALL, URGENCY_REPEAT_CALL, URGENCY_CONTACTS = 0, 1000, 2000
+URGENCY_NOTICE, URGENCY_ALL_CLEAR = 3000, 4000
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,9 @@ class Rules:
     contact_repeat: float = 15 * 60  # texts to contacts within one episode at most this often
     ack_snooze: float = 15 * 60  # after the user pressed 1, no new call for this long
     lost_callback_after: float = 5 * 60  # a call with no final status by then counts as unanswered
+    # a call still not placed this long after it was decided cannot be placed in time
+    # (the engine gives up sooner, see scout.engine.CALL_WINDOW; this is the backstop)
+    unplaced_after: float = 5 * 60
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class Action:
     purpose: str  # alert | contacts | outage | no_data | all_clear | recovered | resumed
     recipient: str
     text: str
+    urgency: float = URGENCY_NOTICE
 
 
 @dataclass
@@ -68,17 +83,18 @@ def clock_time(at: float) -> str:
 
 
 def describe_reading(reading: Reading, units: str, now: float) -> str:
-    """'54 mg/dL and falling, read at 03:12 UTC (3 minutes ago)'."""
+    """'54 mg/dL and falling, read at 03:12 UTC (3 minutes ago)'; the time is the one
+    Scout believes (by arrival when the uploader's clock is off), not the uploader's."""
     trend = f" and {reading.trend_words}" if reading.trend_words else ""
-    value = format_value(reading.mgdl, units)
+    value = format_value(reading.mgdl, units, reading.limit)
     return f"{value} {units}{trend}, read at {clock_time(reading.at)} ({minutes_ago(reading.at, now)})"
 
 
-def call_speech(user: User, reading: Reading, delta: int | None, now: float) -> str:
+def call_speech(user: User, reading: Reading, delta: float | None, now: float) -> str:
     """What the alert call says, e.g. 'Ana, your blood glucose is 54 milligrams per
-    deciliter and falling, 3 minutes ago.'"""
+    deciliter and falling, 3 minutes ago.' or '... is below 40 milligrams per deciliter ...'."""
     trend = f" and {reading.trend_words}" if reading.trend_words else ""
-    value = format_value(reading.mgdl, user.units)
+    value = format_value(reading.mgdl, user.units, reading.limit)
     speech = (
         f"{user.display_name}, your blood glucose is {value} "
         f"{UNITS_SPOKEN.get(user.units, user.units)}{trend}, {minutes_ago(reading.at, now)}."
@@ -92,17 +108,28 @@ def call_speech(user: User, reading: Reading, delta: int | None, now: float) -> 
 # --- the decision ----------------------------------------------------------
 
 
-def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: Rules) -> Decision:
-    """Apply every alert rule to one poll of one user."""
+def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: Rules,
+           count_failures: bool = True) -> Decision:
+    """Apply every alert rule to one poll of one user. `count_failures` is False for a
+    read made outside the poller's cycle (a webhook's): it never counts toward an outage."""
     s = state.copy()
     _clamp_future_times(s, now)
+    watched_before = s.watching_since is not None
+    if not watched_before:
+        s.watching_since = now
     decision = Decision(s)
     latest: Reading | None = None
+    previous: Reading | None = None
     if isinstance(poll, PollFailure):
-        _count_failure(user, poll, s, now, rules, decision)
+        if count_failures:
+            _count_failure(user, poll, s, now, rules, decision)
+        else:
+            decision.summary = f"Nightscout {poll.describe()}"
     else:
         _count_success(user, s, now, decision)
-        latest = _check_gap(user, poll, s, now, rules, decision)
+        latest, previous, newest_error = _note_arrivals(s, poll, now, watched_before)
+        _check_clock(user, s, now, decision)
+        _check_gap(user, s, latest, newest_error, now, rules, decision)
     fresh = latest if latest is not None and now - latest.at <= rules.stale_after else None
     back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range"
     _announce_end_of_pause(user, s, now, decision)
@@ -114,8 +141,8 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
         # before any new call replaces the record of the last one
         _escalate_unanswered(user, s.episode, latest, now, rules, decision)
     if fresh is not None:
-        assert isinstance(poll, Readings)
-        _judge(user, poll, fresh, s, now, rules, decision)
+        delta = change_between(fresh, previous) if previous is not None else None
+        _judge(user, fresh, delta, s, now, rules, decision)
     elif latest is not None:
         decision.summary = f"latest reading is stale ({minutes_ago(latest.at, now)}); no call"
     return decision
@@ -149,9 +176,120 @@ def _announce_end_of_pause(user: User, s: AlertState, now: float, d: Decision) -
     ))
 
 
+# --- freshness by arrival ------------------------------------------------------------
+#
+# An entry's `date` comes from the uploader's phone, which can be minutes or years off.
+# Scout therefore also remembers when it first saw each entry. An entry that arrived
+# since the last poll is new, whatever its date; an entry dated in the future is timed
+# by its arrival and never outranks one that arrived after it; and "no new reading"
+# counts from the last arrival.
+
+
+def _note_arrivals(s: AlertState, poll: Readings, now: float,
+                   watched_before: bool) -> tuple[Reading | None, Reading | None, SensorError | None]:
+    """Record the poll's new entries in `s.seen`; return the latest valid reading and the
+    one before it (each timed as Scout believes), and the newest error code if it is
+    newer than the latest valid reading."""
+    witnessed = watched_before or bool(s.seen)  # Scout polled this site before: what is new arrived since
+    known = {record[0]: record for record in s.seen}
+    by_date_value = {(record[1], record[2]): record for record in s.seen}
+    entries: list[Reading | SensorError] = [*poll.readings, *poll.errors]
+    current: dict[str, list[Any]] = {}
+    for entry in entries:
+        value = entry.mgdl if isinstance(entry, Reading) else entry.code
+        record = known.get(entry.key) or by_date_value.get((entry.date, value))
+        if record is None:  # first sight: it arrived now, or (first poll) by its date at the latest
+            record = [entry.key, entry.date, value, now if witnessed else min(entry.date, now), int(witnessed)]
+            known[entry.key] = by_date_value[(entry.date, value)] = record
+            if isinstance(entry, Reading) and (s.last_arrival_at is None or record[3] > s.last_arrival_at):
+                s.last_arrival_at = record[3]
+        current[entry.key] = record
+    in_poll = {id(record) for record in current.values()}
+    unique = {id(record): record for record in known.values()}.values()  # a duplicate upload shares its record
+    others = sorted((r for r in unique if id(r) not in in_poll), key=lambda r: r[3], reverse=True)
+    kept = list({id(record): record for record in current.values()}.values()) + others[:SEEN_KEPT]
+    kept.sort(key=lambda r: (r[3], r[1]))
+    if kept != s.seen:
+        s.seen = kept
+    ranked = sorted(entries, key=lambda e: _rank(current[e.key]), reverse=True)
+    valid = _believed_order([e for e in ranked if isinstance(e, Reading)], current, list(known.values()))
+    latest = valid[0] if valid else None
+    newest = ranked[0] if ranked else None
+    error = newest if isinstance(newest, SensorError) else None
+    return latest, (valid[1] if len(valid) > 1 else None), error
+
+
+def _is_future(record: list[Any]) -> bool:
+    return bool(record[1] - record[3] > FUTURE_TOLERANCE)
+
+
+def _rank(record: list[Any]) -> tuple[float, int, float]:
+    """Later arrivals first; among entries that arrived together, a future-dated one
+    last, then by date."""
+    return (record[3], 0 if _is_future(record) else 1, record[1])
+
+
+def _believed_order(ranked: list[Reading], records: dict[str, list[Any]], seen: list[list[Any]]) -> list[Reading]:
+    """The valid readings, latest first, each with `at` set to the time Scout believes.
+
+    A reading whose date is in the future, or that arrived since the last poll dated more
+    than CLOCK_TOLERANCE before its arrival, is timed by its arrival. A late upload of an
+    old reading (dated before one that reached Scout earlier) keeps its date and never
+    outranks the newer one."""
+    timed: list[Reading] = []
+    late: list[Reading] = []
+    for reading in ranked:
+        record = records[reading.key]
+        newer_seen_before = any(
+            not _is_future(other) and other[3] < record[3] and other[1] > record[1] for other in seen)
+        if newer_seen_before and not _is_future(record):
+            late.append(replace(reading, at=min(reading.date, record[3])))
+        elif _is_future(record) or (record[4] and record[3] - record[1] > CLOCK_TOLERANCE):
+            timed.append(replace(reading, at=record[3]))
+        else:
+            timed.append(replace(reading, at=min(reading.date, record[3]) if record[4] else reading.date))
+    return timed + sorted(late, key=lambda r: r.at, reverse=True)
+
+
+def clock_offset(s: AlertState) -> float | None:
+    """How far the uploader's clock is behind (positive) or ahead (negative), in
+    seconds, when the last two entries seen arriving agree that it is off by more than
+    CLOCK_TOLERANCE; 0.0 when the last one arrived on time; None when unknown."""
+    arrivals = [r for r in s.seen if r[4]]
+    if not arrivals:
+        return None
+    offsets = [r[3] - r[1] for r in arrivals[-2:]]
+    if abs(offsets[-1]) <= CLOCK_TOLERANCE:
+        return 0.0
+    if len(offsets) < 2 or abs(offsets[0]) <= CLOCK_TOLERANCE or (offsets[0] > 0) != (offsets[1] > 0):
+        return None
+    return offsets[-1]
+
+
+def _check_clock(user: User, s: AlertState, now: float, d: Decision) -> None:
+    """Tell the user once per skew episode that their uploader's clock is off."""
+    offset = clock_offset(s)
+    if offset == 0.0 and s.clock_skew_told:
+        s.clock_skew_told = False  # the clock is right again: a later skew is a new episode
+    if not offset or s.clock_skew_told or not user.phone:
+        return
+    s.clock_skew_told = True
+    minutes = round(abs(offset) / 60)
+    side = "behind" if offset > 0 else "ahead"
+    d.actions.append(Action(
+        key=f"{user.id}:clock:{s.seen[-1][3]:.0f}", kind="sms", purpose="clock", recipient=user.phone,
+        text=(f"Scout: your uploader's clock is about {minutes} minutes {side}; Scout is using the time "
+              "readings arrive. Please set the phone or uploader that sends your readings to the right time."),
+        urgency=URGENCY_NOTICE,
+    ))
+
+
 def _clamp_future_times(s: AlertState, now: float) -> None:
     """If the clock stepped back, times 'in the future' restart from now: a cooldown
     neither fires early nor waits for the clock to catch up."""
+    for name in ("last_call_at", "last_arrival_at"):
+        if (value := getattr(s, name)) is not None and value > now:
+            setattr(s, name, now)
     ep = s.episode
     if ep is None:
         return
@@ -201,19 +339,22 @@ def _count_success(user: User, s: AlertState, now: float, d: Decision) -> None:
         s.failed_polls, s.outage_notified, s.last_failure, s.failing_since = 0, False, "", None
 
 
-def _check_gap(user: User, poll: Readings, s: AlertState, now: float, rules: Rules, d: Decision) -> Reading | None:
-    """The no-new-reading rule. Returns the latest valid reading, if any."""
-    latest = poll.latest
+def _check_gap(user: User, s: AlertState, latest: Reading | None, error: SensorError | None, now: float,
+               rules: Rules, d: Decision) -> None:
+    """The no-new-reading rule, counted from the last arrival of a valid reading."""
     if latest is not None:
         if s.no_valid_since is not None:
             s.no_valid_since = None
-        since = latest.at
+        since = s.last_arrival_at if s.last_arrival_at is not None else latest.at
     else:
         if s.no_valid_since is None:
             s.no_valid_since = now
-        since = s.no_valid_since
+        since = s.no_valid_since if s.last_arrival_at is None else s.last_arrival_at
         d.summary = "only CGM error codes, no valid reading"
+    if error is not None:
+        d.summary = f"sensor error: {error.name}" + (f"; {d.summary}" if latest is None else "")
     if now - since >= rules.no_data_after and s.gap_notified_for != since and user.phone:
+        sensor = f" Your sensor reports an error: {error.name}." if error is not None else ""
         s.gap_notified_for = since
         d.actions.append(
             Action(
@@ -223,12 +364,11 @@ def _check_gap(user: User, poll: Readings, s: AlertState, now: float, rules: Rul
                 recipient=user.phone,
                 text=(
                     f"Scout: your Nightscout site has had no new glucose reading for "
-                    f"{int((now - since) // 60)} minutes. Check your sensor and uploader; "
+                    f"{int((now - since) // 60)} minutes.{sensor} Check your sensor and uploader; "
                     "Scout cannot alert you without readings."
                 ),
             )
         )
-    return latest
 
 
 def _range_of(user: User, mgdl: float) -> str:
@@ -239,8 +379,9 @@ def _range_of(user: User, mgdl: float) -> str:
     return "in range"
 
 
-def _judge(user: User, poll: Readings, latest: Reading, s: AlertState, now: float, rules: Rules, d: Decision) -> None:
-    value = f"{format_value(latest.mgdl, user.units)} {user.units} {latest.arrow}".rstrip()
+def _judge(user: User, latest: Reading, delta: float | None, s: AlertState, now: float, rules: Rules,
+           d: Decision) -> None:
+    value = f"{format_value(latest.mgdl, user.units, latest.limit)} {user.units} {latest.arrow}".rstrip()
     where = _range_of(user, latest.mgdl)
     d.summary = f"{value}, {minutes_ago(latest.at, now)}: {where}"
     if where == "in range":
@@ -251,25 +392,39 @@ def _judge(user: User, poll: Readings, latest: Reading, s: AlertState, now: floa
     if ep is None or ep.kind != where:
         alerted = ep.alerted if ep else []
         ep = s.episode = Episode(id=f"{where}-{now:.0f}", kind=where, started_at=now, alerted=alerted)
-    if _call_due(ep, now, rules):
-        _place_call(user, ep, latest, poll.delta, now, d)
+    if _call_due(s, ep, now, rules):
+        _place_call(user, s, ep, latest, delta, now, d)
 
 
-def _call_due(ep: Episode, now: float, rules: Rules) -> bool:
+def _call_due(s: AlertState, ep: Episode, now: float, rules: Rules) -> bool:
+    """Whether to call now. (A later rule, such as a user's pause, adds its own refusal here.)"""
     call = ep.call
     if call is not None and call.outcome == PENDING:
         return False
     if call is not None and call.outcome == ACKNOWLEDGED and ep.acknowledged_at is not None:
         return now - ep.acknowledged_at >= rules.ack_snooze
-    return ep.last_call_at is None or now - ep.last_call_at >= rules.wait_after_call
+    # one WAIT_AFTER_CALL per user: a low turning high does not start a wait of its own
+    last = max((t for t in (ep.last_call_at, s.last_call_at) if t is not None), default=None)
+    return last is None or now - last >= rules.wait_after_call
 
 
-def _place_call(user: User, ep: Episode, latest: Reading, delta: int | None, now: float, d: Decision) -> None:
+def urgency(ep: Episode, reading: Reading) -> float:
+    """The call's place in the send queue: first calls before repeats, lows before highs,
+    the lowest low (or the highest high) first."""
+    base = URGENCY_FIRST_CALL if ep.calls <= 1 else URGENCY_REPEAT_CALL
+    if ep.kind == "low":
+        return base + min(max(reading.mgdl, 0.0), 499.0)
+    return base + 500 + max(0.0, 499.0 - min(reading.mgdl, 999.0) / 2)
+
+
+def _place_call(user: User, s: AlertState, ep: Episode, latest: Reading, delta: float | None, now: float,
+                d: Decision) -> None:
     ep.calls += 1
     key = f"{user.id}:{ep.id}:call:{ep.calls}"
-    ep.call = CallRecord(key=key, placed_at=now)
-    ep.last_call_at = now
-    d.actions.append(Action(key, "call", "alert", user.phone, call_speech(user, latest, delta, now)))
+    ep.call = CallRecord(key=key, placed_at=now, queued=True)
+    ep.last_call_at = s.last_call_at = now
+    d.actions.append(Action(key, "call", "alert", user.phone, call_speech(user, latest, delta, now),
+                            urgency=urgency(ep, latest)))
     d.summary += f", calling (call {ep.calls})"
 
 
@@ -277,9 +432,11 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
     call = ep.call
     if call is None:
         return
-    if call.outcome == PENDING and now - call.placed_at >= rules.lost_callback_after:
+    if call.outcome == PENDING and call.queued and now - call.placed_at >= rules.unplaced_after:
+        call.outcome, call.detail = UNPLACED, "the call was not placed in time"
+    elif call.outcome == PENDING and not call.queued and now - call.placed_at >= rules.lost_callback_after:
         call.outcome, call.detail = UNANSWERED, "no final call status arrived"
-    if call.outcome != UNANSWERED or call.escalated:
+    if call.outcome not in (UNANSWERED, UNPLACED) or call.escalated:
         return
     call.escalated = True
     if ep.last_contacts_at is not None and now - ep.last_contacts_at < rules.contact_repeat:
@@ -290,10 +447,11 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
         news = f"Their blood glucose is {describe_reading(latest, user.units, now)}."
     else:
         news = "Scout cannot read their Nightscout right now; their last alert was for a " + ep.kind + "."
-    text = (
-        f"{user.display_name} did not answer a call about a {ep.kind} blood glucose. "
-        f"{news} Please check on {user.display_name}."
-    )
+    if call.outcome == UNPLACED:  # never "did not answer" for a call that was never placed
+        what = f"Scout could not reach {user.display_name} by phone about a {ep.kind} blood glucose."
+    else:
+        what = f"{user.display_name} did not answer a call about a {ep.kind} blood glucose."
+    text = f"{what} {news} Please check on {user.display_name}."
     for contact in user.contacts:
         d.actions.append(
             Action(
@@ -302,11 +460,13 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
                 purpose="contacts",
                 recipient=contact.phone,
                 text=f"{addressed('Scout alert', contact.name)}: {text}",
+                urgency=URGENCY_CONTACTS,
             )
         )
         if [contact.phone, contact.channel] not in ep.alerted:
             ep.alerted.append([contact.phone, contact.channel])
-    d.escalation = f"call unanswered ({call.detail or 'no answer'}): texting {len(user.contacts)} contact(s)"
+    state = "could not be placed" if call.outcome == UNPLACED else "unanswered"
+    d.escalation = f"call {state} ({call.detail or 'no answer'}): texting {len(user.contacts)} contact(s)"
 
 
 def addressed(heading: str, name: str) -> str:
@@ -325,7 +485,8 @@ def _all_clear(user: User, s: AlertState, latest: Reading, now: float, d: Decisi
         f"{describe_reading(latest, user.units, now)}."
     )
     for phone, channel in recipients:
-        d.actions.append(Action(f"{user.id}:{ep.id}:all_clear:{phone}", channel, "all_clear", phone, text))
+        d.actions.append(Action(f"{user.id}:{ep.id}:all_clear:{phone}", channel, "all_clear", phone, text,
+                                urgency=URGENCY_ALL_CLEAR))
     s.episode = None
     d.summary += f", back in range: all clear to {len(recipients)}"
 
@@ -337,6 +498,18 @@ def record_call_outcome(state: AlertState, call_key: str, outcome: str, detail: 
     if ep is None or ep.call is None or ep.call.key != call_key or ep.call.outcome != PENDING:
         return False
     ep.call.outcome, ep.call.detail = outcome, detail
+    if outcome != UNPLACED:
+        ep.call.queued = False  # an outcome from the provider: the call was placed
     if outcome == ACKNOWLEDGED:
         ep.acknowledged_at = now
+    return True
+
+
+def record_call_placed(state: AlertState, call_key: str, now: float) -> bool:
+    """The provider accepted the call: from now on it can be answered, or go unanswered.
+    Returns False if nothing changed."""
+    ep = state.episode
+    if ep is None or ep.call is None or ep.call.key != call_key or not ep.call.queued:
+        return False
+    ep.call.queued, ep.call.placed_at = False, now
     return True

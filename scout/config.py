@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from scout.pacing import DEFAULT_CALLS_PER_SECOND, DEFAULT_MESSAGES_PER_SECOND
+
 DEFAULT_DB_PATH = "instance/scout.sqlite3"
 # Seconds one Firestore request may take, retries included (see scout.store.firestore.bound_requests).
 DEFAULT_FIRESTORE_TIMEOUT = 10.0
@@ -77,6 +79,8 @@ class Config:
     poll_interval: float | None = None  # None: every minute at second :30
     restart_delay: float = DEFAULT_RESTART_DELAY
     log_level: str = "INFO"
+    calls_per_second: float = 1.0  # SCOUT_CALLS_PER_SECOND; the default depends on the provider
+    messages_per_second: float = 10.0  # SCOUT_MESSAGES_PER_SECOND
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, default: str = "") -> str:
@@ -111,6 +115,20 @@ def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) 
         raise ConfigError(f"{name} must be a number of seconds such as 10, got {raw!r}.") from None
     if not 0 < value <= maximum:
         raise ConfigError(f"{name} must be more than 0 and at most {maximum:g} seconds, got {raw}.")
+    return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number per second such as 3 or 0.5, got {raw!r}.") from None
+    if not 0 < value <= 1000:
+        raise ConfigError(f"{name} must be more than 0 and at most 1000 per second, got {raw}: "
+                          "set it to your provider account's limit.")
     return value
 
 
@@ -430,6 +448,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         poll_interval=poll_interval(env),
         restart_delay=restart_delay(env),
         log_level=log_level(env),
+        calls_per_second=_rate(env, "SCOUT_CALLS_PER_SECOND", DEFAULT_CALLS_PER_SECOND[telephony]),
+        messages_per_second=_rate(env, "SCOUT_MESSAGES_PER_SECOND", DEFAULT_MESSAGES_PER_SECOND[telephony]),
         env=dict(env),
     )
 

@@ -14,18 +14,35 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
-from scout.alerts import UNANSWERED, Action, Decision, Rules, decide, record_call_outcome
+from scout.alerts import (
+    PENDING,
+    UNPLACED,
+    Action,
+    Decision,
+    Rules,
+    decide,
+    record_call_outcome,
+    record_call_placed,
+)
 from scout.logs import mask_key, mask_phone, mask_text
 from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings, is_public_address
+from scout.pacing import Pacers, backoff
 from scout.readings import PollFailure, PollResult
 from scout.telephony.base import Messenger, TelephonyError
+from scout.telephony.http import RetryableTelephonyError
 
 log = logging.getLogger("scout.engine")
 
 CLAIM_HOLD = 90.0  # seconds an entry stays claimed by the process sending it
 MESSAGE_RETRY_WINDOW = 30 * 60  # an unsent message older than this is no longer worth sending
-CALL_RETRY_WINDOW = 120  # a call never attempted is placed late only within this window
+# A call is placed within this long of its decision or not at all: waiting its turn in
+# the send queue, or retried after a 429 or 5xx, but never later (the alert decision's
+# `unplaced_after` backstop is a minute longer). 500 users low at once at 3 calls/s take
+# under three minutes.
+CALL_WINDOW = 240
+CALL_RETRY_WINDOW = CALL_WINDOW  # the name older code knows
 MAX_COMMIT_ATTEMPTS = 5
+MESSAGE_SEND_BUDGET = 20.0
 
 
 def log_action(stage: str, entry: LogEntry, level: int = logging.INFO, **extra: Any) -> None:
@@ -70,6 +87,12 @@ class Engine:
     clock: Callable[[], float] = time.time
     nightscout_timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)
     is_public: Callable[[str], bool] = is_public_address  # the address policy for Nightscout reads
+    pacers: Pacers | None = None  # None: send as fast as the provider answers (tests of other things)
+    sleep: Callable[[float], None] = time.sleep
+    call_window: float = CALL_WINDOW
+    # A message still failing after this many seconds of paced retries is left "failed"
+    # for the next cycle: a provider outage must not hold a send thread for half an hour.
+    message_budget: float = MESSAGE_SEND_BUDGET
 
     def fetch(self, user: User) -> PollResult:
         return fetch_readings(user, allow_private=self.allow_private, timeout=self.nightscout_timeout,
@@ -113,13 +136,14 @@ class Engine:
         return UserResult(user.id, user.email, ok=not failure, reason=failure, summary=decision.line, decided_at=now)
 
     def _decide_and_record(self, user: User, poll: PollResult,
-                           observed: dict[str, Any] | None = None) -> tuple[Decision, list[LogEntry]]:
+                           observed: dict[str, Any] | None = None,
+                           count_failures: bool = True) -> tuple[Decision, list[LogEntry]]:
         """Decide on the stored state and commit the new state with the actions, all or
         nothing; if another process changed the state meanwhile, decide again."""
         for _attempt in range(MAX_COMMIT_ATTEMPTS):
             state, version = self.store.get_state(user.id)
             now = self.clock()
-            decision = decide(user, poll, state, now, self.rules)
+            decision = decide(user, poll, state, now, self.rules, count_failures=count_failures)
             new_state = _observe(decision.state, observed)
             if new_state == state and not decision.actions:
                 return decision, []  # nothing changed: no write at all
@@ -134,7 +158,7 @@ class Engine:
     def _entry(user: User, action: Action, now: float) -> LogEntry:
         return LogEntry(
             key=action.key, user_id=user.id, kind=action.kind, purpose=action.purpose,
-            recipient=action.recipient, body=action.text, created_at=now,
+            recipient=action.recipient, body=action.text, created_at=now, urgency=action.urgency,
         )
 
     # --- sending ------------------------------------------------------------------
@@ -150,54 +174,133 @@ class Engine:
                 self.apply_call_outcome(user, entry.key, *outcome, poll=poll, result=result)
 
     def send(self, entry: LogEntry, result: UserResult | None = None) -> tuple[str, str] | None:
-        """Send one recorded entry if nobody else is sending it. For a call whose
-        outcome is known at once, returns (outcome, detail)."""
+        """Send one recorded entry if nobody else is sending it, at the paced rate and
+        retried after a 429 or 5xx while its window lasts. For a call whose outcome is
+        known at once, returns (outcome, detail)."""
         now = self.clock()
         claimed = self.store.claim_log(entry.key, now, CLAIM_HOLD)
         if claimed is None:
             return None
         result = result or UserResult(entry.user_id, "", ok=True)
-        try:
-            if claimed.kind == "call":
-                placed = self.messenger.place_call(claimed.recipient, claimed.body, claimed.key)
-                provider_id, outcome = placed.provider_id, ((placed.outcome, placed.detail) if placed.outcome else None)
-            else:
-                provider_id = self.messenger.send_message(claimed.recipient, claimed.kind, claimed.body)
-                outcome = None
-        except TelephonyError as exc:
-            status = "permanent" if exc.permanent or claimed.kind == "call" else "failed"
-            self.store.update_log(claimed.key, status=status, error=f"{exc.code + ': ' if exc.code else ''}{exc}",
-                                  provider=self.messenger.name, claimed_until=0.0)
-            log_action("send_failed", claimed, logging.WARNING, status=status, attempt=claimed.attempts,
-                       error=mask_text(str(exc)))
-            result.failed_sends += 1
-            return (UNANSWERED, f"call failed: {exc}") if claimed.kind == "call" else None
+        if claimed.kind == "call" and self._call_settled(claimed):
+            return None
+        window = self.call_window if claimed.kind == "call" else MESSAGE_RETRY_WINDOW
+        budget = max(0.0, claimed.created_at + window - now)
+        give_up_at = time.monotonic() + (budget if claimed.kind == "call" else min(budget, self.message_budget))
+        attempt = 0
+        while True:
+            attempt += 1
+            if self.pacers is not None:
+                self.pacers.wait(claimed.kind, claimed.urgency)
+            try:
+                return self._send_now(claimed, result)
+            except RetryableTelephonyError as exc:
+                delay = backoff(attempt, exc.retry_after)
+                if time.monotonic() + delay >= give_up_at:
+                    return self._not_sent_in_window(claimed, exc, result)
+                log_action("retrying", claimed, logging.WARNING, attempt=attempt, error=mask_text(str(exc)),
+                           retry_in_s=round(delay, 2))
+                self.store.update_log(claimed.key, status="sending", error=f"{exc.code}: {exc}",
+                                      claimed_until=self.clock() + delay + CLAIM_HOLD)
+                self.sleep(delay)
+            except TelephonyError as exc:
+                status = "permanent" if exc.permanent or claimed.kind == "call" else "failed"
+                self.store.update_log(claimed.key, status=status, error=f"{exc.code + ': ' if exc.code else ''}{exc}",
+                                      provider=self.messenger.name, claimed_until=0.0)
+                log_action("send_failed", claimed, logging.WARNING, status=status, attempt=claimed.attempts,
+                           error=mask_text(str(exc)))
+                result.failed_sends += 1
+                return (UNPLACED, f"the call could not be placed: {exc}") if claimed.kind == "call" else None
+
+    def _send_now(self, claimed: LogEntry, result: UserResult) -> tuple[str, str] | None:
+        if claimed.kind == "call":
+            placed = self.messenger.place_call(claimed.recipient, claimed.body, claimed.key)
+            provider_id, outcome = placed.provider_id, ((placed.outcome, placed.detail) if placed.outcome else None)
+        else:
+            provider_id = self.messenger.send_message(claimed.recipient, claimed.kind, claimed.body)
+            outcome = None
         self.store.update_log(claimed.key, status="sent", provider=self.messenger.name, provider_id=provider_id,
-                              outcome=outcome[0] if outcome else "", claimed_until=0.0)
+                              outcome=outcome[0] if outcome else "", error="", claimed_until=0.0)
         log_action("sent", claimed, provider=self.messenger.name, provider_id=provider_id, attempt=claimed.attempts)
         if claimed.kind == "call":
             result.calls += 1
+            self._update_state(claimed.user_id, lambda state: record_call_placed(state, claimed.key, self.clock()))
         else:
             result.messages += 1
         return outcome
 
-    def retry_unsent(self, entries: list[LogEntry]) -> int:
+    def _not_sent_in_window(self, claimed: LogEntry, exc: TelephonyError,
+                            result: UserResult) -> tuple[str, str] | None:
+        """Throttled or failing until the window passed: never "refused", never "did not
+        answer". A message is retried by a later cycle; a call is given up, and the
+        contacts are told the truth (Scout could not reach the user by phone)."""
+        if claimed.kind != "call":
+            self.store.update_log(claimed.key, status="failed", error=f"{exc.code}: {exc}", claimed_until=0.0)
+            log_action("send_failed", claimed, logging.WARNING, status="failed", error=mask_text(str(exc)))
+            result.failed_sends += 1
+            return None
+        self.store.update_log(claimed.key, status="expired", provider=self.messenger.name, claimed_until=0.0,
+                              error=f"not placed within {self.call_window:g} s: {exc}")
+        log_action("expired", claimed, logging.WARNING, error=mask_text(str(exc)))
+        result.failed_sends += 1
+        return UNPLACED, "the provider was busy or throttling, and the call could not be placed in time"
+
+    def _call_settled(self, claimed: LogEntry) -> bool:
+        """A call with a provider id, a known outcome, or no longer the episode's pending
+        call is never placed (again). Such an entry is marked as what it is."""
+        if claimed.provider_id or claimed.outcome:
+            self.store.update_log(claimed.key, status="sent", claimed_until=0.0)
+            return True
+        if claimed.purpose != "alert":
+            return False  # a test call from the settings page belongs to no episode
+        state, _version = self.store.get_state(claimed.user_id)
+        call = state.episode.call if state.episode is not None else None
+        if call is not None and call.key == claimed.key and call.outcome == PENDING and call.queued:
+            return False
+        status, why = ("sent", "the call was answered or settled") if call is not None and call.key == claimed.key \
+            else ("expired", "the alert this call was for has moved on")
+        self.store.update_log(claimed.key, status=status, error=why, claimed_until=0.0)
+        log_action("skipped", claimed, why=why)
+        return True
+
+    def _update_state(self, user_id: str, change: Callable[[AlertState], bool]) -> bool:
+        """Apply `change` to the stored state with compare-and-set; False if it changed nothing."""
+        for _attempt in range(MAX_COMMIT_ATTEMPTS):
+            state, version = self.store.get_state(user_id)
+            updated = state.copy()
+            if not change(updated):
+                return False
+            if self.store.commit(user_id, updated, version, []):
+                return True
+        raise StoreUnavailable(f"the alert state of {user_id} kept changing")
+
+    def retry_unsent(self, entries: list[LogEntry]) -> UserResult:
         """Send entries that were recorded but not sent (a crash, a provider outage).
-        Returns how many were sent now."""
-        now, sent = self.clock(), 0
-        for entry in entries:
+        Returns what was sent now, calls and messages counted apart."""
+        now, total = self.clock(), UserResult("", "", ok=True)
+        for entry in sorted(entries, key=lambda e: (e.urgency, e.created_at)):
             age = now - entry.created_at
-            too_old = age > (CALL_RETRY_WINDOW if entry.kind == "call" else MESSAGE_RETRY_WINDOW)
-            if too_old or (entry.kind == "call" and entry.attempts > 0 and entry.status != "sending"):
+            if age > (self.call_window if entry.kind == "call" else MESSAGE_RETRY_WINDOW):
                 self.store.update_log(entry.key, status="expired", error="not sent in time; not retried")
                 log_action("expired", entry, logging.WARNING, age_s=round(age, 1))
+                if entry.kind == "call" and not entry.provider_id:
+                    self._give_up_call(entry)
                 continue
             if entry.claimed_until > now:
                 continue
             result = UserResult(entry.user_id, "", ok=True)
-            self.send(entry, result)
-            sent += result.calls + result.messages
-        return sent
+            outcome = self.send(entry, result)
+            if outcome is not None:
+                self._give_up_call(entry, *outcome)
+            total.calls, total.messages = total.calls + result.calls, total.messages + result.messages
+            total.failed_sends += result.failed_sends
+        return total
+
+    def _give_up_call(self, entry: LogEntry, outcome: str = UNPLACED,
+                      detail: str = "the call could not be placed in time") -> None:
+        user = self.store.get_user(entry.user_id)
+        if user is not None:
+            self.apply_call_outcome(user, entry.key, outcome, detail)
 
     # --- call outcomes ------------------------------------------------------------
 
@@ -218,9 +321,11 @@ class Engine:
             raise StoreUnavailable(f"could not record the call outcome for {user.email}")
         log.info("call outcome: %s", outcome, extra={"fields": {
             "event": "call_outcome", "user": user.id, "key": mask_key(call_key), "outcome": outcome, "detail": detail}})
+        from_poller = poll is not None
         if poll is None:
             poll = self.fetch(user)
-        decision, entries = self._decide_and_record(user, poll)
+        # a read made here, outside the poller's cycle, never counts toward an outage
+        decision, entries = self._decide_and_record(user, poll, count_failures=from_poller)
         self.deliver(user, entries, poll, result or UserResult(user.id, user.email, ok=True))
         if result is not None and decision.escalation:
             result.summary += f"; {decision.escalation}"

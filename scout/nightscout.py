@@ -24,7 +24,7 @@ import aiohttp
 from yarl import URL
 
 from models import User
-from scout.readings import PollFailure, PollResult, Reading, Readings
+from scout.readings import PollFailure, PollResult, parse_entries
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
@@ -176,37 +176,6 @@ def api_secret_header(secret: str) -> dict[str, str]:
     if not secret:
         return {}
     return {"api-secret": hashlib.sha1(secret.encode("utf-8")).hexdigest()}
-
-
-def parse_entries(payload: Any) -> PollResult:
-    """Turn a decoded entries list into readings, newest first."""
-    if not isinstance(payload, list):
-        return PollFailure("not_json", "the answer is not a list of entries")
-    if not payload:
-        return PollFailure("no_readings", "the entries list is empty")
-    readings: list[Reading] = []
-    error_codes = 0
-    for entry in payload:
-        if not isinstance(entry, dict) or entry.get("type", "sgv") != "sgv":
-            continue
-        sgv, date = entry.get("sgv"), entry.get("date")
-        if isinstance(sgv, bool) or isinstance(date, bool):
-            continue
-        if sgv is None or date is None:
-            continue
-        try:
-            mgdl, at = int(float(sgv)), float(date) / 1000.0
-        except (TypeError, ValueError):
-            continue
-        if mgdl <= 39:
-            error_codes += 1
-            continue
-        direction = entry.get("direction")
-        readings.append(Reading(mgdl, at, direction if isinstance(direction, str) else "NONE"))
-    if not readings and not error_codes:
-        return PollFailure("bad_data", "no entry has a numeric sgv and date")
-    readings.sort(key=lambda r: r.at, reverse=True)
-    return Readings(tuple(readings), error_codes)
 
 
 def _request(user: User, count: int) -> tuple[str, dict[str, str]] | PollFailure:

@@ -38,6 +38,7 @@ from scout.dispatch import dispatch_cycle, shard_of
 from scout.engine import Engine, UserResult
 from scout.heartbeat import write_heartbeat
 from scout.nightscout import fetch_readings_async, open_async_session
+from scout.pacing import SEND_THREADS, Pacers, SendQueue
 from scout.readings import PollFailure, PollResult, Readings
 from scout.store import open_store
 from scout.telephony import make_messenger
@@ -228,7 +229,8 @@ class CycleSummary:
     duration: float = 0.0
     acted: bool = True  # False when another instance holds the lease
     results: list[UserResult] = field(default_factory=list)
-    retried: int = 0
+    retried: int = 0  # messages sent from earlier cycles' backlog
+    retried_calls: int = 0  # calls sent from it (every call placed is counted)
     enqueued: int | None = None  # shards handed to Cloud Tasks (SCOUT_DISPATCH=cloudtasks)
     error: str = ""
     # one line per process that polled: partition, users, CPU seconds, peak RSS (MB)
@@ -241,7 +243,7 @@ class CycleSummary:
             "users": len(self.results),
             "ok": sum(r.ok for r in self.results),
             "failed": dict(sorted(failed.items())),
-            "calls": sum(r.calls for r in self.results),
+            "calls": sum(r.calls for r in self.results) + self.retried_calls,
             "messages": sum(r.messages for r in self.results) + self.retried,
             "failed_sends": sum(r.failed_sends for r in self.results),
             "duration_s": round(self.duration, 3),
@@ -329,6 +331,9 @@ class Poller:
             rules=rules_from(config),
             allow_private=config.dev,
             clock=clock,
+            # each of the poller's processes sends its share of the provider's rate
+            pacers=Pacers.for_rates(config.calls_per_second / self.processes,
+                                    config.messages_per_second / self.processes),
         )
         self.clock = clock
         self._pruned_at = float("-inf")  # the history is pruned at the first cycle, then hourly
@@ -343,7 +348,9 @@ class Poller:
         # never waits behind other users' sends (a send to a provider blocks for a few
         # hundred ms; with 500 users to alert at once, 64 threads are busy for seconds).
         self._recorders = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="record")
-        self._senders = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="send")
+        # Sends wait in one queue, most urgent first (see scout.pacing), and leave at the
+        # provider's rate.
+        self._send_queue = SendQueue(threads=min(self.workers, SEND_THREADS))
 
     def users(self, selection: Selection = Selection(), partition: int | None = None) -> list[User]:
         """The watchable users of `selection` that `partition` polls (all when None)."""
@@ -365,7 +372,7 @@ class Poller:
             if use_lease and not self.holds_lease():
                 summary.acted = False
                 return summary
-            summary.retried = self._retry_unsent()
+            summary.retried_calls, summary.retried = self._retry_unsent()
             # `poll --once` (no lease) polls every user here, now, as the operator asked
             if self.config.dispatch == "cloudtasks" and use_lease:
                 self._dispatch(summary)
@@ -421,9 +428,13 @@ class Poller:
         selection = Selection(frozenset(user_ids) if user_ids is not None else None, shard)
         return self._poll_everywhere(selection)[0]
 
-    def _retry_unsent(self) -> int:
+    def _retry_unsent(self) -> tuple[int, int]:
+        """Send what earlier cycles recorded but did not send; (calls, messages) sent."""
         unsent: list[LogEntry] = self.store.unsent_log()
-        return self.engine.retry_unsent(unsent) if unsent else 0
+        if not unsent:
+            return 0, 0
+        sent = self.engine.retry_unsent(unsent)
+        return sent.calls, sent.messages
 
     def _poll_everywhere(self, selection: Selection) -> tuple[list[UserResult], list[dict[str, Any]]]:
         """This process polls partition 0 while the workers poll theirs. A worker that dies
@@ -593,7 +604,8 @@ class Poller:
         except Exception as exc:  # one broken user never stops the others
             return self._finish(self._failed(user, exc), started)
         if entries:
-            return self._senders.submit(self._send_one, user, poll, result, entries, started)
+            urgency = min(entry.urgency for entry in entries)
+            return self._send_queue.submit(urgency, self._send_one, user, poll, result, entries, started)
         return self._finish(result, started)
 
     def _send_one(self, user: User, poll: PollResult, result: UserResult, entries: list[LogEntry],
@@ -636,7 +648,7 @@ class Poller:
             worker.stop()
         self._workers.clear()
         self._recorders.shutdown(wait=False, cancel_futures=True)
-        self._senders.shutdown(wait=False, cancel_futures=True)
+        self._send_queue.close()
         if self._feed is not None:
             self._feed.close()
         if self._shard_queue is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from typing import Any
 
 import jwt
@@ -35,6 +36,10 @@ bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 TWILIO_FINAL = {"completed", "busy", "failed", "no-answer", "canceled"}
 VONAGE_FINAL = {"completed", "busy", "cancelled", "failed", "rejected", "timeout", "unanswered", "machine"}
 JWT_LEEWAY = 60  # seconds of clock difference tolerated on the token's iat
+# A Vonage webhook token signed longer ago than this (plus the leeway) is refused: Vonage
+# signs each callback as it sends it, so an old token is a replay. A refused event that
+# was genuine is backed up by the poller's lost-callback rule (5 minutes).
+VONAGE_TOKEN_MAX_AGE = 5 * 60
 
 
 # --- verification -------------------------------------------------------------
@@ -68,6 +73,11 @@ def verify_vonage() -> dict[str, Any]:
                             options={"require": ["iat"]})
     except jwt.InvalidTokenError as exc:
         log.warning("vonage webhook refused: %s path=%s", exc, request.path)
+        abort(403)
+    age = time.time() - float(claims["iat"])
+    if age > VONAGE_TOKEN_MAX_AGE + JWT_LEEWAY:
+        log.warning("vonage webhook refused: the token was signed %.0f s ago (at most %d s accepted) path=%s",
+                    age, VONAGE_TOKEN_MAX_AGE, request.path)
         abort(403)
     body_hash = hashlib.sha256(request.get_data()).hexdigest()
     if not hmac.compare_digest(str(claims.get("payload_hash", "")), body_hash):
@@ -112,8 +122,15 @@ def settle(provider: str, call_id: str, outcome: str, detail: str) -> bool:
     user = store.get_user(entry.user_id)
     if user is None:
         return False
+    # The log entry is settled first: it now says the call was placed (with the provider's
+    # id), so no later cycle places it again, even if the process that placed it crashed
+    # before it could record the id.
+    settled: dict[str, Any] = {"provider": provider, "provider_id": entry.provider_id or call_id}
+    if entry.status in ("pending", "sending", "failed"):
+        settled.update(status="sent", claimed_until=0.0)
+    store.update_log(entry.key, **settled)
     acted = get_engine().apply_call_outcome(user, entry.key, outcome, detail)
-    if acted:
+    if acted or not entry.outcome:
         store.update_log(entry.key, outcome=outcome if outcome == ACKNOWLEDGED else f"{outcome}: {detail}")
     log.info("%s call outcome id=%s outcome=%s detail=%s acted=%s", provider, call_id, outcome, detail, acted)
     return acted

@@ -5,6 +5,9 @@ It records every request the real SDKs send it and answers the way the providers
 (201 with a call sid, 202 with a message uuid...). It can be told to fail: a 500
 once, then success; or a Twilio 21211 for one number, for good.
 
+It can enforce a provider's rate limit (`limit_rate`): Vonage's 3 call creations per
+second, or an account's 1 call per second, answering 429 (with Retry-After) beyond it.
+
 It also plays the provider's side of a call: `callbacks_for` builds the signed
 webhooks the provider would post when the call ends (Twilio: the Gather action with
 `Digits`, then the status callback; Vonage: the input event, then the call event).
@@ -49,6 +52,7 @@ class Recorded:
     body: bytes
     status: int = 0  # what the fake answered
     answer: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0  # time.monotonic() when it arrived
 
     @property
     def form(self) -> dict[str, list[str]]:
@@ -98,9 +102,11 @@ class FakeProviders:
     requests: list[Recorded] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     echo: bool = False  # print each request (the command-line runner)
+    rate_limits: dict[str, float] = field(default_factory=dict)  # api -> accepted requests per second
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._accepted: dict[str, list[float]] = {}
         self._server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -136,6 +142,16 @@ class FakeProviders:
         self.fail(api, status, {"code": code, "message": message, "status": status,
                                 "more_info": f"https://www.twilio.com/docs/errors/{code}"}, times, to)
 
+    def limit_rate(self, api: str, per_second: float) -> None:
+        """Accept at most `per_second` requests to `api` in any one second, and answer the
+        rest 429 with Retry-After, as Vonage does beyond 3 call creations per second."""
+        with self._lock:
+            self.rate_limits[api] = per_second
+
+    def throttled(self, api: str | None = None) -> list[Recorded]:
+        """The requests answered 429."""
+        return [r for r in self.received(api) if r.status == 429]
+
     # --- what it received ---------------------------------------------------------
 
     def received(self, api: str | None = None) -> list[Recorded]:
@@ -156,13 +172,38 @@ class FakeProviders:
 
     def _answer(self, recorded: Recorded) -> tuple[int, dict[str, Any]]:
         with self._lock:
+            recorded.at = time.monotonic()
             self.requests.append(recorded)
             for failure in self.failures:
                 if failure.api == recorded.api and failure.to in (None, recorded.recipient) and failure.times != 0:
                     if failure.times is not None:
                         failure.times -= 1
                     return failure.status, failure.body
+            if self._over_limit(recorded):
+                return 429, _throttled_body(recorded.api)
         return _success(recorded)
+
+    def _over_limit(self, recorded: Recorded) -> bool:
+        """Called with the lock held: whether `recorded` exceeds its API's rate (one
+        second's sliding window); if not, it counts toward it."""
+        limit = self.rate_limits.get(recorded.api)
+        if limit is None:
+            return False
+        accepted = self._accepted.setdefault(recorded.api, [])
+        recent = [t for t in accepted if recorded.at - t < 1.0]
+        if len(recent) + 1 > limit:
+            return True
+        recent.append(recorded.at)
+        self._accepted[recorded.api] = recent
+        return False
+
+
+def _throttled_body(api: str) -> dict[str, Any]:
+    if api.startswith("twilio"):
+        return {"code": 20429, "message": "Too Many Requests", "status": 429,
+                "more_info": "https://www.twilio.com/docs/errors/20429"}
+    return {"type": "https://developer.nexmo.com/api-errors/#throttled", "title": "Throttled",
+            "detail": "You have exceeded the number of requests allowed per second."}
 
 
 def _classify(method: str, path: str) -> str:
@@ -215,6 +256,8 @@ def _handler_for(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
                 _print_request(recorded, answer)
             data = json.dumps(answer).encode()
             self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "1")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from models import AlertState
-from scout.alerts import Decision, Rules, decide, record_call_outcome
+from scout.alerts import Decision, Rules, decide, record_call_outcome, record_call_placed
 from scout.readings import PollFailure, Reading, Readings
 from tests.conftest import make_user
 
@@ -27,6 +27,7 @@ def call_then(outcome: str, detail: str = "", value: int = 54, at: float = NOW) 
     d = decide(USER, readings(value), AlertState(), at, RULES)
     state = d.state
     assert state.episode and state.episode.call
+    assert record_call_placed(state, state.episode.call.key, at)
     if outcome != "pending":
         assert record_call_outcome(state, state.episode.call.key, outcome, detail, at + 30)
     return state
@@ -213,13 +214,16 @@ def test_the_no_data_text_is_sent_once_per_gap() -> None:
     # a new reading ends the gap; the next gap gets its own text
     fresh = decide(USER, Readings((Reading(112, NOW + 600, "Flat"),)), state, NOW + 660, RULES)
     assert fresh.actions == []
-    later = decide(USER, Readings((Reading(112, NOW + 600, "Flat"),)), fresh.state, NOW + 600 + 1800, RULES)
+    # the gap counts from when the reading arrived (NOW + 660), not from its date
+    early = decide(USER, Readings((Reading(112, NOW + 600, "Flat"),)), fresh.state, NOW + 600 + 1800, RULES)
+    assert early.actions == []
+    later = decide(USER, Readings((Reading(112, NOW + 600, "Flat"),)), fresh.state, NOW + 660 + 1800, RULES)
     assert kinds(later) == [("no_data", "sms", USER.phone)]
 
 
 def test_an_in_range_user_with_nothing_new_changes_no_state() -> None:
-    state = AlertState()
-    d = decide(USER, readings(110), state, NOW, RULES)
+    state = decide(USER, readings(110), AlertState(), NOW, RULES).state  # the first poll notes the readings seen
+    d = decide(USER, readings(110), state, NOW + 60, RULES)
     assert d.state == state and d.actions == []
 
 

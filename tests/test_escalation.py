@@ -179,4 +179,7 @@ def test_a_call_the_provider_refuses_texts_the_contacts_at_once(scout: Scout, fa
     assert scout.who_got_what() == sorted([("call", "alert", USER_PHONE, "permanent"), *CONTACTS_TEXTED])
     call = next(e for e in scout.log() if e.kind == "call")
     assert call.error.startswith("21608: " if scout.provider == "twilio" else "low-balance: ")
-    assert "call unanswered" in summary.results[0].summary
+    assert "call could not be placed" in summary.results[0].summary
+    # the contacts are told the truth: the call never rang, so nobody "did not answer" it
+    texts = [text for _to, text in scout.messages()]
+    assert texts and all("could not reach Ana by phone" in t and "did not answer" not in t for t in texts)

@@ -229,14 +229,20 @@ def test_texts_that_fail_while_the_provider_is_down_are_kept_and_sent_once_when_
     store.save_user(make_user(low_site.url_for("/")))
     clock = [time.time()]
     poller = Poller(config, store=store, clock=lambda: clock[0])
+    # the engine's parameters: a 2-second call window and message budget, short backoffs
+    poller.engine.call_window, poller.engine.message_budget = 2.0, 2.0
+    poller.engine.sleep = lambda seconds: time.sleep(min(seconds, 0.2))
     fake.fail("twilio.calls", 503, times=None)
     fake.fail("twilio.messages", 503, times=None)
     down = poller.run_cycle()
     log = {e.purpose + ":" + e.recipient: e for e in store.user_log("sub-ana")}
-    # the call failed, so it counts as unanswered and the contacts are due at once; their
-    # texts failed too, and are kept in the log for the next cycle
-    assert log["alert:+14155552671"].status == "permanent"
+    # the call was retried until its window passed, never taken for a refusal: the contacts
+    # are due at once, told that Scout could not reach Ana; their texts failed too, and are
+    # kept in the log for the next cycle
+    assert log["alert:+14155552671"].status == "expired"
+    assert len([r for r in fake.received("twilio.calls") if r.status == 503]) >= 2
     assert sorted(e.status for e in log.values() if e.purpose == "contacts") == ["failed", "failed", "failed"]
+    assert all("could not reach Ana by phone" in e.body for e in log.values() if e.purpose == "contacts")
     assert down.counts["messages"] == 0 and down.counts["failed_sends"] == 4
 
     fake.failures.clear()

@@ -98,11 +98,13 @@ def test_it_sends_the_token_and_the_hashed_api_secret(httpserver: HTTPServer) ->
     assert fetch_readings(wrong, allow_private=True) == PollFailure("unauthorized", "HTTP 401")
 
 
-def test_cgm_error_codes_are_not_readings(httpserver: HTTPServer) -> None:
-    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries(39, 5, 110))
+def test_cgm_error_codes_are_not_readings_but_dexcom_low_is(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(
+        [{**entry, "device": "dexcom"} for entry in entries(39, 9, 110)])
     result = fetch_readings(make_user(httpserver.url_for("/")), allow_private=True)
     assert isinstance(result, Readings)
-    assert [r.mgdl for r in result.readings] == [110] and result.error_codes == 2
+    assert [(r.mgdl, r.limit) for r in result.readings] == [(39, "below"), (110, "")]
+    assert result.error_codes == 1 and result.errors[0].name.startswith("hourglass")
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from models import AlertState
 from scout.config import Config, ConfigError, load_config
 from scout.poller import Poller, partition_of, shard_of
 from scout.store.sqlite import SqliteStore
@@ -116,7 +115,8 @@ def test_sites_that_hung_last_cycle_take_none_of_the_sockets_the_fast_sites_need
     poller.engine.nightscout_timeout = (1.0, 1.0)
     poller.run_cycle()
     assert {store.get_state(f"{c}-hung")[0].site for c in "abc"} == {"failing"}
-    assert all(store.get_state(f"fast{n}") == (AlertState(), 0) for n in range(6))  # never written
+    # written once, at Scout's first poll of them (the readings seen, for freshness by arrival)
+    assert all(store.get_state(f"fast{n}")[1] == 1 for n in range(6))
     summary = poller.run_cycle()
     decided = {r.user_id: r.decided_at for r in summary.results}
     assert max(decided[f"fast{n}"] for n in range(6)) < min(decided[f"{c}-hung"] for c in "abc")
@@ -131,18 +131,20 @@ def test_what_the_last_cycle_looked_like_is_written_only_when_it_changes(
     poller = Poller(one_lane_config(tmp_path), store=store)
     poller.run_cycle()
     versions = {name: store.get_state(name)[1] for name in ("steady", "near")}
-    assert versions == {"steady": 0, "near": 1}  # a healthy user in range: nothing to write, ever
+    # a healthy user in range is written once, at the first poll (the readings seen), then never
+    # while nothing new arrives
+    assert versions == {"steady": 1, "near": 1}
     poller.run_cycle()
     poller.run_cycle()
     assert {name: store.get_state(name)[1] for name in versions} == versions  # nothing new: no write
     sites.values["near"] = (150, 150)
     poller.run_cycle()
     state, version = store.get_state("near")
-    assert (state.watch, state.site, version) == (False, "", 2)
+    assert (state.watch, state.site) == (False, "") and version > versions["near"]
     # a restarted poller (a new process) orders from the store, not from memory
     restarted = Poller(one_lane_config(tmp_path), store=SqliteStore(str(tmp_path / "scout.sqlite3")))
     restarted.run_cycle()
-    assert store.get_state("near")[1] == 2
+    assert store.get_state("near")[1] == version
 
 
 def two_process_config(tmp_path: Any) -> Config:
@@ -263,7 +265,8 @@ def test_on_firestore_each_process_opens_its_own_client_and_the_order_is_read_fr
         assert summary.error == "" and sorted(r.user_id for r in summary.results) == names
         assert len({p["pid"] for p in summary.processes}) == 2
         assert firestore_store.all_states()["u09"].watch is True
-        assert set(firestore_store.all_states()) == {"u09"}  # a healthy user's state is never written
+        # every user's state is written once, at the first poll (the readings seen)
+        assert set(firestore_store.all_states()) == set(names)
         sites.round()
         summary = poller.run_cycle()
         assert sorted(r.user_id for r in summary.results) == names

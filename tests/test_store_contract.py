@@ -310,3 +310,22 @@ def test_the_poller_reads_the_alert_states_it_asks_for_in_one_call_and_only_thos
     assert each_store.all_states() == versions
     assert each_store.all_states({"ben", "cai", "never-polled"}) == {"ben": versions["ben"], "cai": versions["cai"]}
     assert each_store.all_states(set()) == {}
+
+
+def test_what_the_alert_safety_rules_remember_survives_the_round_trip(each_store: Any) -> None:
+    """Freshness by arrival, the per-user call wait, a call still queued and a log
+    entry's urgency are state like any other: both stores keep them exactly."""
+    from models import CallRecord
+
+    state = AlertState(
+        episode=Episode(id="low-1", kind="low", started_at=T0, calls=1, last_call_at=T0,
+                        call=CallRecord(key="sub-ana:low-1:call:1", placed_at=T0, queued=True)),
+        seen=[["65f0c3a1e4b0a1b2c3d4e5f6", T0 - 1200.0, 39.0, T0, 1], [f"{T0 * 1000:.0f}:9", T0 + 600.0, 9.0, T0, 0]],
+        last_arrival_at=T0, watching_since=T0 - 3600, clock_skew_told=True, last_call_at=T0,
+    )
+    queued = entry("sub-ana:low-1:call:1", kind="call", purpose="alert", urgency=39.0)
+    assert each_store.commit("sub-ana", state, 0, [queued])
+    read, version = each_store.get_state("sub-ana")
+    assert read == state and version == 1
+    recorded = each_store.get_log(queued.key)
+    assert recorded is not None and recorded.urgency == 39.0

@@ -12,6 +12,7 @@ import pytest
 from scout.config import ConfigError, load_config
 from scout.telephony import make_messenger
 from scout.telephony.base import TelephonyError, call_script
+from scout.telephony.http import RetryableTelephonyError
 from scout.telephony.twilio import TwilioMessenger
 from tests.fake_providers import FakeProviders
 from tests.telephony_setup import SITE_URL, TWILIO_NUMBER, TWILIO_SID, TWILIO_WHATSAPP_NUMBER, fake, twilio_env
@@ -75,21 +76,20 @@ def test_an_sms_and_a_whatsapp_message_go_from_the_configured_senders(tmp_path: 
     assert (sms_id, whatsapp_id) == (sms.answer["sid"], whatsapp.answer["sid"])
 
 
-def test_a_server_error_is_retried_and_the_message_sent_once(tmp_path: Path, fake: FakeProviders) -> None:
+def test_a_server_error_is_raised_at_once_for_the_engines_paced_retry(tmp_path: Path, fake: FakeProviders) -> None:
     fake.fail("twilio.messages", 500, times=1)
-    message_id = messenger_for(tmp_path, fake).send_message("+14155552672", "sms", "hello")
-    first, second = fake.received("twilio.messages")
-    assert (first.status, second.status) == (500, 201)
-    assert message_id == second.answer["sid"]
+    with pytest.raises(RetryableTelephonyError) as raised:
+        messenger_for(tmp_path, fake).send_message("+14155552672", "sms", "hello")
+    assert raised.value.status == 500 and not raised.value.permanent
+    assert [r.status for r in fake.received("twilio.messages")] == [500]  # no burst of retries past the pace
 
 
-def test_rate_limiting_is_retried_with_a_short_pause(tmp_path: Path, fake: FakeProviders) -> None:
+def test_rate_limiting_is_raised_at_once_and_never_permanent(tmp_path: Path, fake: FakeProviders) -> None:
     fake.fail_twilio("twilio.calls", 20429, "Too Many Requests", status=429, times=2)
-    started = time.monotonic()
-    placed = messenger_for(tmp_path, fake).place_call("+14155552671", SPEECH, CALL_KEY)
-    assert [r.status for r in fake.received("twilio.calls")] == [429, 429, 201]
-    assert placed.provider_id.startswith("CA")
-    assert time.monotonic() - started < 3
+    with pytest.raises(RetryableTelephonyError) as raised:
+        messenger_for(tmp_path, fake).place_call("+14155552671", SPEECH, CALL_KEY)
+    assert raised.value.status == 429 and not raised.value.permanent and raised.value.code == "20429"
+    assert [r.status for r in fake.received("twilio.calls")] == [429]
 
 
 def test_an_invalid_number_is_a_permanent_error_with_twilios_code_and_is_not_retried(

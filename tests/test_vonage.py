@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from scout.config import ConfigError, load_config
 from scout.telephony import make_messenger
 from scout.telephony.base import TelephonyError, call_script
+from scout.telephony.http import RetryableTelephonyError
 from scout.telephony.vonage import VonageMessenger
 from tests.fake_providers import FakeProviders, Recorded
 from tests.telephony_setup import (
@@ -90,21 +91,24 @@ def test_sms_and_whatsapp_go_through_the_messages_api(
     assert (sms_id, whatsapp_id) == (sms.answer["message_uuid"], whatsapp.answer["message_uuid"])
 
 
-def test_a_server_error_is_retried_and_the_message_sent_once(
+def test_a_server_error_is_raised_at_once_for_the_engines_paced_retry(
     tmp_path: Path, fake: FakeProviders, vonage_key_pem: bytes
 ) -> None:
     fake.fail("vonage.messages", 500, times=1)
-    message_id = messenger_for(tmp_path, fake, vonage_key_pem).send_message("+14155552672", "sms", "hello")
-    assert [r.status for r in fake.received("vonage.messages")] == [500, 202]
-    assert message_id == fake.received("vonage.messages")[1].answer["message_uuid"]
+    with pytest.raises(RetryableTelephonyError) as raised:
+        messenger_for(tmp_path, fake, vonage_key_pem).send_message("+14155552672", "sms", "hello")
+    assert raised.value.status == 500 and not raised.value.permanent
+    assert [r.status for r in fake.received("vonage.messages")] == [500]
 
 
-def test_rate_limiting_is_retried(tmp_path: Path, fake: FakeProviders, vonage_key_pem: bytes) -> None:
+def test_rate_limiting_is_raised_with_the_providers_retry_after(
+        tmp_path: Path, fake: FakeProviders, vonage_key_pem: bytes) -> None:
     fake.fail("vonage.calls", 429, {"type": "https://developer.vonage.com/api-errors#throttled",
                                     "title": "Throttled"}, times=1)
-    placed = messenger_for(tmp_path, fake, vonage_key_pem).place_call("+14155552671", SPEECH, CALL_KEY)
-    assert [r.status for r in fake.received("vonage.calls")] == [429, 201]
-    assert placed.provider_id
+    with pytest.raises(RetryableTelephonyError) as raised:
+        messenger_for(tmp_path, fake, vonage_key_pem).place_call("+14155552671", SPEECH, CALL_KEY)
+    assert raised.value.status == 429 and raised.value.retry_after == 1.0 and not raised.value.permanent
+    assert [r.status for r in fake.received("vonage.calls")] == [429]
 
 
 @pytest.mark.parametrize("status, problem, code, words", [

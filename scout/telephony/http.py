@@ -39,18 +39,37 @@ VONAGE_INPUT_PATH = "/webhooks/vonage/input"
 
 
 class RetryableTelephonyError(TelephonyError):
-    """A failure worth another attempt at once: rate limited, a provider error, no connection."""
+    """A failure worth another attempt: rate limited (429), a provider error (5xx), no
+    connection. `status` is the provider's HTTP status (0: no answer at all);
+    `retry_after` the seconds its Retry-After asked for, if any. A 429 or 5xx is never
+    permanent: the engine tries again, paced, until the call's window passes."""
+
+    def __init__(self, message: str, *, code: str = "", status: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header given in seconds (the form Twilio and Vonage use)."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 3600 else None
 
 
 def with_retries(operation: Callable[[], T], what: str, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run `operation`, trying again after a RetryableTelephonyError while the retry
-    budget lasts. Anything else, and the last transient failure, is raised."""
+    """Run `operation`, trying again after a failed connection while the retry budget
+    lasts. A 429 or 5xx is raised at once: the engine retries it at the paced rate
+    (another attempt right away would only add to the provider's load). Anything else,
+    and the last transient failure, is raised."""
     started = time.monotonic()
     for delay in (*RETRY_DELAYS, None):
         try:
             return operation()
         except RetryableTelephonyError as exc:
-            if delay is None or time.monotonic() - started + delay > RETRY_BUDGET:
+            if exc.status or delay is None or time.monotonic() - started + delay > RETRY_BUDGET:
                 raise
             log.warning("%s failed (%s); trying again in %.1f s", what, mask_text(str(exc)), delay)
             sleep(delay)

@@ -107,7 +107,7 @@ def _error_from_twilio(status: int, code: Any, message: str) -> TelephonyError:
     hint = KNOWN_ERRORS.get(code) if isinstance(code, int) else None
     text = f"Twilio refused the request ({status}): {hint or message}"
     if status == 429 or status >= 500:
-        return RetryableTelephonyError(text, code=code_text)
+        return RetryableTelephonyError(text, code=code_text, status=status)
     return TelephonyError(text, code=code_text, permanent=True)
 
 

@@ -33,6 +33,7 @@ from scout.telephony.http import (
     RetryableTelephonyError,
     callback_url,
     digits_only,
+    retry_after_seconds,
     transport_error,
     with_retries,
 )
@@ -110,7 +111,8 @@ def _error_from_vonage(response: requests.Response, what: str) -> TelephonyError
     elif status == 402:
         text += " (the Vonage account balance is too low)"
     if status in (408, 429) or status >= 500:
-        return RetryableTelephonyError(text, code=code)
+        return RetryableTelephonyError(text, code=code, status=status,
+                                       retry_after=retry_after_seconds(response.headers.get("Retry-After")))
     return TelephonyError(text, code=code, permanent=True)
 
 
