@@ -21,6 +21,10 @@ UNPLACED = "unplaced"  # the call could not be placed at all (the provider kept 
 FUTURE_TOLERANCE = 2 * 60  # a reading dated further ahead than this is timed by its arrival
 CLOCK_TOLERANCE = 5 * 60  # dates further than this from the arrival: the uploader's clock is off
 SEEN_KEPT = 12  # entries remembered per user (besides those in the latest poll)
+# The newest entries of a poll the decision looks at. The poller asks for 3; a site that
+# ignores `count` (thousands of entries, up to the body cap) must neither bloat the stored
+# state nor hold the poller's loop for seconds comparing every entry with every other.
+ENTRIES_DECIDED = 24
 
 # The send queue's order (lower goes first): first calls before repeat calls, lows before
 # highs, the lowest value first; then contact texts, notices, and all-clears last.
@@ -127,7 +131,7 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
             decision.summary = f"Nightscout {poll.describe()}"
     else:
         _count_success(user, s, now, decision)
-        latest, previous, newest_error = _note_arrivals(s, poll, now, watched_before)
+        latest, previous, newest_error = _note_arrivals(s, poll, now, watched_before, user)
         _check_clock(user, s, now, decision)
         _check_gap(user, s, latest, newest_error, now, rules, decision)
     fresh = latest if latest is not None and now - latest.at <= rules.stale_after else None
@@ -185,15 +189,19 @@ def _announce_end_of_pause(user: User, s: AlertState, now: float, d: Decision) -
 # counts from the last arrival.
 
 
-def _note_arrivals(s: AlertState, poll: Readings, now: float,
-                   watched_before: bool) -> tuple[Reading | None, Reading | None, SensorError | None]:
+def _note_arrivals(s: AlertState, poll: Readings, now: float, watched_before: bool,
+                   user: User) -> tuple[Reading | None, Reading | None, SensorError | None]:
     """Record the poll's new entries in `s.seen`; return the latest valid reading and the
     one before it (each timed as Scout believes), and the newest error code if it is
-    newer than the latest valid reading."""
+    newer than the latest valid reading. Of readings with the same date and different
+    values (two uploaders of one sensor), the most alarming for the user is believed,
+    whatever order the site lists them in and whichever reached Scout first."""
     witnessed = watched_before or bool(s.seen)  # Scout polled this site before: what is new arrived since
     known = {record[0]: record for record in s.seen}
     by_date_value = {(record[1], record[2]): record for record in s.seen}
     entries: list[Reading | SensorError] = [*poll.readings, *poll.errors]
+    if len(entries) > ENTRIES_DECIDED:
+        entries = sorted(entries, key=lambda e: e.date, reverse=True)[:ENTRIES_DECIDED]
     current: dict[str, list[Any]] = {}
     for entry in entries:
         value = entry.mgdl if isinstance(entry, Reading) else entry.code
@@ -212,11 +220,22 @@ def _note_arrivals(s: AlertState, poll: Readings, now: float,
     if kept != s.seen:
         s.seen = kept
     ranked = sorted(entries, key=lambda e: _rank(current[e.key]), reverse=True)
-    valid = _believed_order([e for e in ranked if isinstance(e, Reading)], current, list(known.values()))
+    believed: dict[float, Reading] = {}
+    for entry in entries:
+        if isinstance(entry, Reading) and (entry.date not in believed
+                                           or _alarm(user, entry) > _alarm(user, believed[entry.date])):
+            believed[entry.date] = entry
+    valid = _believed_order([e for e in ranked if isinstance(e, Reading) and believed[e.date] is e], current,
+                            list(known.values()))
     latest = valid[0] if valid else None
     newest = ranked[0] if ranked else None
     error = newest if isinstance(newest, SensorError) else None
     return latest, (valid[1] if len(valid) > 1 else None), error
+
+
+def _alarm(user: User, reading: Reading) -> float:
+    """How far out of range a reading is (negative inside the range): larger is more alarming."""
+    return max(user.low_mgdl - reading.mgdl, reading.mgdl - user.high_mgdl)
 
 
 def _is_future(record: list[Any]) -> bool:
@@ -269,7 +288,7 @@ def clock_offset(s: AlertState) -> float | None:
 def _check_clock(user: User, s: AlertState, now: float, d: Decision) -> None:
     """Tell the user once per skew episode that their uploader's clock is off."""
     offset = clock_offset(s)
-    if offset == 0.0 and s.clock_skew_told:
+    if offset == 0.0 and s.clock_skew_told and _clock_right_again(s):
         s.clock_skew_told = False  # the clock is right again: a later skew is a new episode
     if not offset or s.clock_skew_told or not user.phone:
         return
@@ -284,12 +303,24 @@ def _check_clock(user: User, s: AlertState, now: float, d: Decision) -> None:
     ))
 
 
+def _clock_right_again(s: AlertState) -> bool:
+    """The last two arrivals were well within the tolerance (half of it). A clock about
+    CLOCK_TOLERANCE off, whose readings arrive on either side of it as the poll falls,
+    is the same skew, not a new one to text about each time."""
+    arrivals = [r for r in s.seen if r[4]][-2:]
+    return len(arrivals) == 2 and all(abs(r[3] - r[1]) <= CLOCK_TOLERANCE / 2 for r in arrivals)
+
+
 def _clamp_future_times(s: AlertState, now: float) -> None:
     """If the clock stepped back, times 'in the future' restart from now: a cooldown
     neither fires early nor waits for the clock to catch up."""
     for name in ("last_call_at", "last_arrival_at"):
         if (value := getattr(s, name)) is not None and value > now:
             setattr(s, name, now)
+    if any(record[3] > now for record in s.seen):
+        # entries seen 'in the future' would outrank every new arrival until the clock
+        # caught up (new lists: the records are shared with the state this was copied from)
+        s.seen = [[*record[:3], now, *record[4:]] if record[3] > now else record for record in s.seen]
     ep = s.episode
     if ep is None:
         return
