@@ -11,7 +11,7 @@ PIP_COMPILE := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP
 	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links
 
-.PHONY: run test lint lock bench clean
+.PHONY: run test lint lock bench replay clean
 
 $(BIN)/python:
 	$(PYTHON) scripts/check-python.py
@@ -30,6 +30,7 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 lock: $(VENV)/.installed-dev
 	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements.txt requirements.in
 	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements-dev.txt requirements-dev.in
+	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements-replay.txt requirements-replay.in
 
 run: $(VENV)/.installed
 	SCOUT_DEV=1 $(BIN)/gunicorn notifier:app
@@ -48,6 +49,19 @@ test: lint
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.poll_cycle
 	$(BIN)/python -m bench.paced_lows
+
+# simulated type 1 days (simglucose) through the real poller: calls, texts and hypos caught,
+# beside Nightscout's simple alarms; REPLAY_DAYS days per patient (default 2). simglucose
+# needs a setuptools older than the dev lock's, so the replay has a venv of its own.
+REPLAY_VENV := $(VENV)/replay
+$(REPLAY_VENV)/.installed: requirements-replay.txt | $(BIN)/python
+	rm -rf $(REPLAY_VENV)
+	$(PYTHON) -m venv $(REPLAY_VENV)
+	$(REPLAY_VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements-replay.txt
+	touch $@
+
+replay: $(REPLAY_VENV)/.installed
+	$(REPLAY_VENV)/bin/python -m bench.replay
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache test-artifacts

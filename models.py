@@ -59,6 +59,11 @@ class User:
     high_mgdl: float = DEFAULT_HIGH_MGDL
     urgent_low_mgdl: float = DEFAULT_URGENT_LOW_MGDL  # still calls while paused; never above low_mgdl
     paused_until: float = 0.0  # alerts paused until then (seconds since the epoch); 0 = not paused
+    nightscout_notes: bool = False  # note calls, escalations, acknowledgements and all-clears as treatments
+    predict_low_minutes: int = 0  # call when a low is predicted within this many minutes (0: off)
+    fast_drop: bool = False  # call on a fast drop
+    fast_drop_rate_mgdl: float = 3.0  # ... of at least this many mg/dL a minute
+    fast_drop_minutes: int = 15  # ... on average over this many minutes
 
     @property
     def urgent_low(self) -> float:
@@ -126,6 +131,9 @@ class Episode:
     contact_rounds: int = 0
     last_contacts_at: float | None = None
     alerted: list[list[str]] = field(default_factory=list)  # [phone, channel] pairs
+    why: str = ""  # an early warning that opened it before the value crossed ("falling fast")
+    urgent_high_since: float | None = None  # start of the current run above the urgent high
+    urgent: bool = False  # a low below the user's urgent low at the last fresh reading
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from models import AlertState, CallRecord, Episode, User
+from scout.forecast import early_warning
 from scout.readings import PollFailure, PollResult, Reading, Readings, SensorError, change_between, format_value
 
 UNANSWERED = "unanswered"
@@ -44,6 +45,16 @@ class Rules:
     # a call still not placed this long after it was decided cannot be placed in time
     # (the engine gives up sooner, see scout.engine.CALL_WINDOW; this is the backstop)
     unplaced_after: float = 5 * 60
+    # Highs have a cadence of their own: a high is rarely an emergency within minutes, and a
+    # call every 2 minutes for three hours teaches people to ignore Scout.
+    high_repeat: float = 30 * 60  # calls about an unacknowledged high at most this often
+    high_ack_snooze: float = 2 * 3600  # after a 1 for a high, no call for this long
+    urgent_high_mgdl: float = 300.0  # contacts hear of a high only above this...
+    urgent_high_for: float = 60 * 60  # ...for at least this long
+    # An urgent low (below the user's urgent_low, 55 mg/dL by default) waits less: a 1 snoozes
+    # it for 5 minutes, and an unanswered call reaches the contacts again after 5 minutes.
+    urgent_ack_snooze: float = 5 * 60
+    urgent_contact_repeat: float = 5 * 60
 
 
 @dataclass(frozen=True)
@@ -135,7 +146,8 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
         _check_clock(user, s, now, decision)
         _check_gap(user, s, latest, newest_error, now, rules, decision)
     fresh = latest if latest is not None and now - latest.at <= rules.stale_after else None
-    back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range"
+    warning = _early_warning(user, poll, fresh, now)
+    back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range" and not warning
     _announce_end_of_pause(user, s, now, decision)
     if pause_holds(user, fresh, now) and not back_in_range:
         decision.summary = (decision.summary + "; " if decision.summary else "") + (
@@ -146,7 +158,7 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
         _escalate_unanswered(user, s.episode, latest, now, rules, decision)
     if fresh is not None:
         delta = change_between(fresh, previous) if previous is not None else None
-        _judge(user, fresh, delta, s, now, rules, decision)
+        _judge(user, fresh, delta, s, now, rules, decision, warning)
     elif latest is not None:
         decision.summary = f"latest reading is stale ({minutes_ago(latest.at, now)}); no call"
     return decision
@@ -410,11 +422,23 @@ def _range_of(user: User, mgdl: float) -> str:
     return "in range"
 
 
+def _early_warning(user: User, poll: PollResult, fresh: Reading | None, now: float) -> str:
+    """The user's opt-in early warning (scout.forecast): why to call before the value is low.
+    The forecast sees the readings by their own dates, the newest timed as Scout believes it."""
+    if fresh is None or not isinstance(poll, Readings):
+        return ""
+    readings = [fresh, *(r for r in poll.readings if r.key != fresh.key)]
+    return early_warning(user, readings, now, [e.date for e in poll.errors])
+
+
 def _judge(user: User, latest: Reading, delta: float | None, s: AlertState, now: float, rules: Rules,
-           d: Decision) -> None:
+           d: Decision, warning: str = "") -> None:
     value = f"{format_value(latest.mgdl, user.units, latest.limit)} {user.units} {latest.arrow}".rstrip()
     where = _range_of(user, latest.mgdl)
     d.summary = f"{value}, {minutes_ago(latest.at, now)}: {where}"
+    if where == "in range" and warning:
+        where = "low"  # not low yet, but heading there: the low's episode opens now
+        d.summary += f", {warning}"
     if where == "in range":
         if s.episode is not None:
             _all_clear(user, s, latest, now, d)
@@ -423,8 +447,28 @@ def _judge(user: User, latest: Reading, delta: float | None, s: AlertState, now:
     if ep is None or ep.kind != where:
         alerted = ep.alerted if ep else []
         ep = s.episode = Episode(id=f"{where}-{now:.0f}", kind=where, started_at=now, alerted=alerted)
+    ep.why = warning
+    ep.urgent = where == "low" and latest.mgdl < user.urgent_low
+    if where == "high":
+        _track_urgent_high(ep, latest, now, rules)
     if _call_due(s, ep, now, rules):
         _place_call(user, s, ep, latest, delta, now, d)
+
+
+def _track_urgent_high(ep: Episode, latest: Reading, now: float, rules: Rules) -> None:
+    if latest.mgdl > rules.urgent_high_mgdl:
+        if ep.urgent_high_since is None:
+            ep.urgent_high_since = now
+    elif ep.urgent_high_since is not None:
+        ep.urgent_high_since = None
+
+
+def ack_snooze_for(ep: Episode, rules: Rules) -> float:
+    """How long a 1 silences this episode: 2 hours for a high, 5 minutes for an urgent low,
+    15 minutes for any other low."""
+    if ep.kind == "high":
+        return rules.high_ack_snooze
+    return rules.urgent_ack_snooze if ep.urgent else rules.ack_snooze
 
 
 def _call_due(s: AlertState, ep: Episode, now: float, rules: Rules) -> bool:
@@ -433,7 +477,9 @@ def _call_due(s: AlertState, ep: Episode, now: float, rules: Rules) -> bool:
     if call is not None and call.outcome == PENDING:
         return False
     if call is not None and call.outcome == ACKNOWLEDGED and ep.acknowledged_at is not None:
-        return now - ep.acknowledged_at >= rules.ack_snooze
+        return now - ep.acknowledged_at >= ack_snooze_for(ep, rules)
+    if ep.kind == "high" and ep.last_call_at is not None and now - ep.last_call_at < rules.high_repeat:
+        return False
     # one WAIT_AFTER_CALL per user: a low turning high does not start a wait of its own
     last = max((t for t in (ep.last_call_at, s.last_call_at) if t is not None), default=None)
     return last is None or now - last >= rules.wait_after_call
@@ -454,8 +500,10 @@ def _place_call(user: User, s: AlertState, ep: Episode, latest: Reading, delta: 
     key = f"{user.id}:{ep.id}:call:{ep.calls}"
     ep.call = CallRecord(key=key, placed_at=now, queued=True)
     ep.last_call_at = s.last_call_at = now
-    d.actions.append(Action(key, "call", "alert", user.phone, call_speech(user, latest, delta, now),
-                            urgency=urgency(ep, latest)))
+    speech = call_speech(user, latest, delta, now)
+    if ep.why:
+        speech += f" Scout is calling early: it is {ep.why}."
+    d.actions.append(Action(key, "call", "alert", user.phone, speech, urgency=urgency(ep, latest)))
     d.summary += f", calling (call {ep.calls})"
 
 
@@ -470,7 +518,14 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
     if call.outcome not in (UNANSWERED, UNPLACED) or call.escalated:
         return
     call.escalated = True
-    if ep.last_contacts_at is not None and now - ep.last_contacts_at < rules.contact_repeat:
+    if ep.kind == "high" and not (ep.urgent_high_since is not None
+                                  and now - ep.urgent_high_since >= rules.urgent_high_for):
+        d.escalation = (f"call {'could not be placed' if call.outcome == UNPLACED else 'unanswered'}; a high is "
+                        f"passed to the contacts only above {rules.urgent_high_mgdl:g} mg/dL for "
+                        f"{rules.urgent_high_for / 60:g} minutes")
+        return
+    repeat = rules.urgent_contact_repeat if ep.urgent else rules.contact_repeat
+    if ep.last_contacts_at is not None and now - ep.last_contacts_at < repeat:
         return  # contacts were texted recently in this episode
     ep.contact_rounds += 1
     ep.last_contacts_at = now

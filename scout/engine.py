@@ -15,19 +15,23 @@ from typing import Any
 
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
 from scout.alerts import (
+    ACKNOWLEDGED,
     PENDING,
     UNPLACED,
     Action,
     Decision,
     Rules,
+    ack_snooze_for,
     decide,
     record_call_outcome,
     record_call_placed,
 )
+from scout.forecast import readings_wanted
 from scout.logs import mask_key, mask_phone, mask_text
-from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings, is_public_address
+from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings, is_public_address, post_treatment
 from scout.pacing import Pacers, backoff
 from scout.readings import PollFailure, PollResult
+from scout.replies import ReplyDecision, decide_reply, sender_name
 from scout.telephony.base import Messenger, TelephonyError
 from scout.telephony.http import RetryableTelephonyError
 
@@ -43,6 +47,35 @@ CALL_WINDOW = 240
 CALL_RETRY_WINDOW = CALL_WINDOW  # the name older code knows
 MAX_COMMIT_ATTEMPTS = 5
 MESSAGE_SEND_BUDGET = 20.0
+NOTE_PURPOSE = "note"  # a treatment posted on the user's own Nightscout (see note_on_nightscout)
+NOTE_AUTHOR = "Scout"
+NOTE_TIMEOUT = (3.0, 5.0)  # a note comes after the alerts it describes; a hung site is left quickly
+
+
+@dataclass(frozen=True)
+class Note:
+    key: str  # unique per event, so each is posted once
+    event_type: str  # Nightscout eventType: "Announcement" for calls and escalations, "Note" otherwise
+    text: str
+
+
+def notes_for(user: User, entries: list[LogEntry]) -> list[Note]:
+    """The Nightscout notes for actions just sent: each alert call, one per escalation to the
+    contacts, one per all-clear."""
+    notes: list[Note] = []
+    contacts = [e for e in entries if e.purpose == "contacts"]
+    clears = [e for e in entries if e.purpose == "all_clear"]
+    for entry in entries:
+        if entry.purpose == "alert" and entry.kind == "call":
+            spoken = entry.body.split(". That is")[0].rstrip(".")
+            notes.append(Note(f"{entry.key}:note", "Announcement", f"Scout called: {spoken}."))
+    if contacts:
+        notes.append(Note(f"{contacts[0].key.rsplit(':', 1)[0]}:note", "Announcement",
+                          f"Scout texted {len(contacts)} contact(s): {user.display_name} did not answer the call."))
+    if clears:
+        notes.append(Note(f"{clears[0].key.rsplit(':', 1)[0]}:note", "Note",
+                          f"Scout: back in range; all clear sent to {len(clears)}."))
+    return notes
 
 
 def log_action(stage: str, entry: LogEntry, level: int = logging.INFO, **extra: Any) -> None:
@@ -96,7 +129,7 @@ class Engine:
 
     def fetch(self, user: User) -> PollResult:
         return fetch_readings(user, allow_private=self.allow_private, timeout=self.nightscout_timeout,
-                              is_public=self.is_public)
+                              is_public=self.is_public, count=readings_wanted(user))
 
     # --- one user ---------------------------------------------------------------
 
@@ -172,6 +205,7 @@ class Engine:
                 # the call's outcome is already known (it failed, or it cannot be answered):
                 # apply it and decide again on the same readings, so the escalation follows now
                 self.apply_call_outcome(user, entry.key, *outcome, poll=poll, result=result)
+        self.note_on_nightscout(user, notes_for(user, entries))
 
     def send(self, entry: LogEntry, result: UserResult | None = None) -> tuple[str, str] | None:
         """Send one recorded entry if nobody else is sending it, at the paced rate and
@@ -321,6 +355,9 @@ class Engine:
             raise StoreUnavailable(f"could not record the call outcome for {user.email}")
         log.info("call outcome: %s", outcome, extra={"fields": {
             "event": "call_outcome", "user": user.id, "key": mask_key(call_key), "outcome": outcome, "detail": detail}})
+        if outcome == ACKNOWLEDGED:
+            self.note_on_nightscout(user, [Note(f"{call_key}:ack:note", "Note", f"Scout: {user.display_name} pressed 1: "
+                                                                               "alert acknowledged.")])
         from_poller = poll is not None
         if poll is None:
             poll = self.fetch(user)
@@ -330,3 +367,65 @@ class Engine:
         if result is not None and decision.escalation:
             result.summary += f"; {decision.escalation}"
         return True
+
+    # --- replies by text -------------------------------------------------------------
+
+    def record_reply(self, user: User, sender: str, channel: str, text: str, reply_key: str) -> ReplyDecision | None:
+        """Decide on one inbound reply (see scout.replies), record it with its answers and
+        the new state, then send the answers. None when `reply_key` is already recorded:
+        the provider's webhook was delivered again, or replayed."""
+        for _attempt in range(MAX_COMMIT_ATTEMPTS):
+            if self.store.get_log(reply_key) is not None:
+                return None
+            state, version = self.store.get_state(user.id)
+            now = self.clock()
+            snooze = ack_snooze_for(state.episode, self.rules) if state.episode is not None else self.rules.ack_snooze
+            decision = decide_reply(user, state, self.store.user_log(user.id), sender, channel, text, reply_key,
+                                    now, round(snooze / 60))
+            entries = [self._entry(user, action, now) for action in decision.actions]
+            if self.store.commit(user.id, decision.state, version, [decision.record, *entries]):
+                log.info("reply: %s", decision.outcome, extra={"fields": {
+                    "event": "reply", "user": user.id, "key": mask_key(reply_key), "from": mask_phone(sender),
+                    "outcome": decision.outcome}})
+                for entry in entries:
+                    log_action("recorded", entry)
+                    self.send(entry)
+                if decision.outcome == ACKNOWLEDGED:
+                    self.note_on_nightscout(user, [Note(f"{reply_key}:note", "Note",
+                                                        f"Scout: alert acknowledged by a text reply from "
+                                                        f"{sender_name(user, sender)}.")])
+                return decision
+        raise StoreUnavailable(f"could not record the reply for {user.email}")
+
+    # --- notes on the user's Nightscout ---------------------------------------------------
+
+    def note_on_nightscout(self, user: User, notes: list[Note]) -> None:
+        """Post each note as a treatment on the user's own Nightscout, if they asked for it.
+        Recorded in the alert log first (purpose `note`), so each is posted once; a note
+        that fails is logged and never retried, and never raises: a note never blocks an alert."""
+        if not user.nightscout_notes or not notes:
+            return
+        for note in notes:
+            try:
+                self._post_note(user, note)
+            except Exception:  # a store or network failure here must not reach the alert path
+                log.exception("nightscout note failed user=%s key=%s", user.id, mask_key(note.key))
+
+    def _post_note(self, user: User, note: Note) -> None:
+        now = self.clock()
+        if self.store.get_log(note.key) is not None:
+            return  # already noted (or being noted) by an earlier attempt
+        entry = LogEntry(key=note.key, user_id=user.id, kind="nightscout", purpose=NOTE_PURPOSE,
+                         recipient="Nightscout", body=note.text, created_at=now, status="noting")
+        self.store.commit(user.id, None, 0, [entry])
+        treatment = {"eventType": note.event_type, "notes": note.text, "enteredBy": NOTE_AUTHOR,
+                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now))}
+        result = post_treatment(user, treatment, allow_private=self.allow_private, timeout=NOTE_TIMEOUT,
+                                is_public=self.is_public)
+        if result.ok:
+            self.store.update_log(note.key, status="sent", provider="nightscout")
+        else:
+            self.store.update_log(note.key, status="permanent" if result.refused else "expired", error=result.error,
+                                  provider="nightscout")
+            log.warning("nightscout note not written: %s", mask_text(result.error), extra={"fields": {
+                "event": "note_failed", "user": user.id, "key": mask_key(note.key), "error": mask_text(result.error)}})

@@ -447,3 +447,77 @@ def fetch_readings(
     # called from a coroutine: a loop cannot be nested, so the fetch gets a thread of its own
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightscout") as pool:
         return pool.submit(asyncio.run, once()).result()
+
+
+# --- notes on the user's own Nightscout (treatments) -------------------------------------
+
+
+@dataclass(frozen=True)
+class NoteResult:
+    """How a treatment POST went: `ok`, or `error` saying why."""
+
+    ok: bool
+    error: str = ""
+    refused: bool = False  # the site refused the credential: the token's role cannot write treatments
+
+
+async def _post(user: User, treatment: dict[str, Any], session: aiohttp.ClientSession, allow_private: bool,
+                connect_s: float, read_s: float) -> NoteResult:
+    try:
+        site = parse_site(user.nightscout_url, user.nightscout_token)
+        url = _target(f"{site.base_url}/api/v1/treatments")
+        if site.token:
+            url = url.with_query(token=site.token)
+        if not allow_private:
+            await _check_host(session, url.raw_host or "")
+        headers = {"Accept": "application/json", **api_secret_header(user.nightscout_api_secret)}
+        # never redirected: a POST with the user's credential goes to their own site or nowhere
+        async with session.post(url, json=treatment, headers=headers, timeout=_client_timeout(connect_s, read_s),
+                                allow_redirects=False) as response:
+            status = response.status
+    except BadNightscoutURL as exc:
+        return NoteResult(False, str(exc))
+    except (aiohttp.ConnectionTimeoutError, aiohttp.SocketTimeoutError, TimeoutError):
+        return NoteResult(False, f"Nightscout did not answer within {connect_s + read_s:g} s")
+    except aiohttp.ClientConnectorDNSError as exc:
+        if isinstance(exc.os_error, RefusedHost):
+            return NoteResult(False, str(exc.os_error))
+        return NoteResult(False, f"could not reach Nightscout ({type(exc).__name__})")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return NoteResult(False, f"could not reach Nightscout ({type(exc).__name__})")
+    if status in (401, 403):
+        return NoteResult(False, f"Nightscout refused the note (HTTP {status}): the access token's role does not allow "
+                                 "treatments; give it the careportal role in Nightscout's Admin tools", refused=True)
+    if not 200 <= status < 300:
+        return NoteResult(False, f"Nightscout answered HTTP {status}")
+    return NoteResult(True)
+
+
+def post_treatment(
+    user: User,
+    treatment: dict[str, Any],
+    *,
+    allow_private: bool = False,
+    timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+    is_public: Callable[[str], bool] = is_public_address,
+    lookup: Lookup | None = None,
+) -> NoteResult:
+    """POST one treatment to the user's Nightscout (`/api/v1/treatments`) through the same
+    guarded client as reading: the address policy, and a deadline of connect + read time.
+    Never raises."""
+    connect_s, read_s = timeout
+
+    async def once() -> NoteResult:
+        async with open_async_session(2, allow_private, is_public, lookup) as session:
+            try:
+                async with asyncio.timeout(connect_s + read_s):
+                    return await _post(user, treatment, session, allow_private, connect_s, read_s)
+            except TimeoutError:
+                return NoteResult(False, f"Nightscout did not answer within {connect_s + read_s:g} s")
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(once())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightscout") as pool:
+        return pool.submit(asyncio.run, once()).result()

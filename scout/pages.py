@@ -21,7 +21,7 @@ from models import DEFAULT_URGENT_LOW_MGDL, MAX_EXTRA_CONTACTS, LogEntry, User
 from scout.config import Config
 from scout.context import address_policy, client_address, current_user_id, end_session, get_config, get_store, start_session
 from scout.logs import mask_text
-from scout.readings import PollFailure, Readings
+from scout.readings import MMOL_PER_MGDL, PollFailure, Readings
 from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, normalize_phone, read_settings
 
 bp = Blueprint("pages", __name__)
@@ -93,7 +93,27 @@ def form_values(user: User) -> dict[str, Any]:
         "low": f"{from_mgdl(user.low_mgdl, user.units):g}",
         "high": f"{from_mgdl(user.high_mgdl, user.units):g}",
         "urgent_low": f"{from_mgdl(user.urgent_low_mgdl, user.units):g}",
+        "nightscout_notes": user.nightscout_notes,
+        "predict_low": bool(user.predict_low_minutes),
+        "predict_low_minutes": str(user.predict_low_minutes or 20),
+        "fast_drop": user.fast_drop,
+        "fast_drop_rate": f"{user.fast_drop_rate_mgdl * MMOL_PER_MGDL:.2f}".rstrip("0").rstrip(".")
+        if user.units == "mmol/L" else f"{user.fast_drop_rate_mgdl:g}",
+        "fast_drop_minutes": str(user.fast_drop_minutes),
     }
+
+
+def notes_status(user: User) -> str:
+    """Whether Scout can write the user's notes, from the last note it tried to write."""
+    notes = [e for e in get_store().user_log(user.id, RECENT_LOG_ENTRIES) if e.purpose == "note"]
+    if not notes:
+        return "No note written yet: Scout writes one with the next alert." if user.nightscout_notes else ""
+    last = notes[0]
+    if last.status == "sent":
+        return "Your token can write: the last note reached your Nightscout."
+    if last.status == "permanent":
+        return f"Your token cannot write notes. {last.error}."
+    return f"The last note could not be written ({last.error or last.status}); alerts are not affected."
 
 
 def submitted_values(user: User) -> dict[str, Any]:
@@ -106,6 +126,10 @@ def submitted_values(user: User) -> dict[str, Any]:
         **{k: form.get(k, "") for k in ("nightscout_url", "phone", "emergency_contact", "emergency_name", "low", "high",
                                          "urgent_low")},
         "units": form.get("units", "") if form.get("units") in UNITS else user.units,
+        "nightscout_notes": form.get("nightscout_notes") == "1",
+        "predict_low": form.get("predict_low") == "1",
+        "fast_drop": form.get("fast_drop") == "1",
+        **{k: form.get(k, "") for k in ("predict_low_minutes", "fast_drop_rate", "fast_drop_minutes")},
         "emergency_channel": form.get("emergency_channel", "sms"),
         "extra_contacts": [
             {"phone": p, "channel": channels[i] if i < len(channels) else "sms", "name": names[i] if i < len(names) else ""}
@@ -140,6 +164,7 @@ def render_settings(user: User, values: dict[str, Any], errors: dict[str, str], 
     page = render_template(
         "settings.html", user=user, values=values, errors=errors, page_data=page_data(user, now), now=now,
         log=get_store().user_log(user.id, RECENT_LOG_ENTRIES), max_contacts=MAX_EXTRA_CONTACTS,
+        notes_status=notes_status(user),
     )
     return (page, status) if status != 200 else page
 

@@ -36,6 +36,7 @@ from scout.cloudtasks import ShardQueue
 from scout.config import Config, ConfigError
 from scout.dispatch import dispatch_cycle, shard_of
 from scout.engine import Engine, UserResult
+from scout.forecast import readings_wanted
 from scout.heartbeat import write_heartbeat
 from scout.nightscout import fetch_readings_async, open_async_session
 from scout.pacing import SEND_THREADS, Pacers, SendQueue
@@ -572,7 +573,8 @@ class Poller:
         fetch_started = time.monotonic()  # the site's own speed, whatever clock decides
         try:
             poll: PollResult = await fetch_readings_async(
-                user, session, allow_private=self.engine.allow_private, timeout=self.engine.nightscout_timeout)
+                user, session, allow_private=self.engine.allow_private, timeout=self.engine.nightscout_timeout,
+                count=readings_wanted(user))
         except Exception as exc:  # a bug in reading one site never stops the others
             log.exception("fetch failed user=%s", user.id)
             return UserResult(user.id, user.email, ok=False, reason="error", summary=f"error: {exc}")

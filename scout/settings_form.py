@@ -28,6 +28,9 @@ MAX_CREDENTIAL_LENGTH = 200
 MIN_API_SECRET_LENGTH = 12  # Nightscout itself refuses an API_SECRET shorter than this
 MAX_PHONE_LENGTH = 40
 MAX_NAME_LENGTH = 60
+PREDICT_MINUTES_BOUNDS = (5, 30)  # AR2 means little further ahead (docs/design.md)
+FAST_DROP_RATE_BOUNDS = (1.0, 10.0)  # mg/dL a minute
+FAST_DROP_MINUTES_BOUNDS = (10, 30)
 
 
 @dataclass
@@ -193,6 +196,42 @@ def read_nightscout(form: Mapping[str, str], allow_private: bool, errors: dict[s
     return url
 
 
+def _number_in(form: Mapping[str, str], name: str, bounds: tuple[float, float], what: str,
+               errors: dict[str, str], scale: float = 1.0, unit: str = "") -> float:
+    """A number typed in `form[name]` (in the user's units: value * scale is canonical), within
+    `bounds` (canonical); else an error by the field that names the allowed range."""
+    lo, hi = bounds[0] / scale, bounds[1] / scale
+    allowed = f"between {lo:.2g} and {hi:.2g}{unit}" if scale != 1.0 else f"between {lo:g} and {hi:g}{unit}"
+    try:
+        value = float((form.get(name) or "").strip().replace(",", "."))
+    except ValueError:
+        errors[name] = f"Enter {what} as a number {allowed}."
+        return 0.0
+    if not math.isfinite(value) or not bounds[0] <= value * scale <= bounds[1]:
+        errors[name] = f"{what[0].upper()}{what[1:]} must be {allowed}."
+        return 0.0
+    return value * scale
+
+
+def read_forecast_options(form: Mapping[str, str], units: str, user: User,
+                          errors: dict[str, str]) -> tuple[int, bool, float, int]:
+    """The opt-in early calls: (minutes ahead for a predicted low or 0, fast drop on, its rate
+    in mg/dL a minute, its minutes). An option left off keeps its saved numbers."""
+    minutes = 0
+    if form.get("predict_low") == "1":
+        minutes = round(_number_in(form, "predict_low_minutes", PREDICT_MINUTES_BOUNDS,
+                                   "how many minutes ahead", errors, unit=" minutes"))
+    fast = form.get("fast_drop") == "1"
+    rate, window = user.fast_drop_rate_mgdl, user.fast_drop_minutes
+    if fast:
+        scale = 1 / MMOL_PER_MGDL if units == "mmol/L" else 1.0
+        rate = round(_number_in(form, "fast_drop_rate", FAST_DROP_RATE_BOUNDS, "the rate of the drop", errors,
+                                scale, f" {units} a minute"), 1)
+        window = round(_number_in(form, "fast_drop_minutes", FAST_DROP_MINUTES_BOUNDS, "the minutes the drop lasts",
+                                  errors, unit=" minutes"))
+    return minutes, fast, rate, window
+
+
 def read_credential(form: Mapping[str, str], name: str, saved: str, errors: dict[str, str]) -> str:
     """A Nightscout access token or API secret: a new one replaces the saved one, an empty
     field keeps it, and the `clear_<name>` box removes it."""
@@ -243,6 +282,11 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
                           allowed_countries, form.getlist("extra_names"))
     low, high = read_thresholds(form, units, errors)
     urgent_low = read_urgent_low(form, units, low, user.urgent_low_mgdl, errors)
+    predict_minutes, fast, fast_rate, fast_minutes = read_forecast_options(form, units, user, errors)
+    notes = form.get("nightscout_notes") == "1"
+    if notes and not (token or secret):
+        errors["nightscout_notes"] = ("Notes need an access token whose role allows treatments (careportal), "
+                                      "or your API secret. Add one above, or turn notes off.")
     if errors:
         return SettingsResult(None, errors)
     return SettingsResult(
@@ -259,5 +303,10 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
             low_mgdl=low,
             high_mgdl=high,
             urgent_low_mgdl=urgent_low,
+            nightscout_notes=notes,
+            predict_low_minutes=predict_minutes,
+            fast_drop=fast,
+            fast_drop_rate_mgdl=fast_rate,
+            fast_drop_minutes=fast_minutes,
         )
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import AlertState, LogEntry, User
+from scout.alerts import Rules, ack_snooze_for
 from scout.readings import PollFailure, PollResult, Reading, format_value
 
 FRESH_SECONDS = 15 * 60  # older readings never trigger a call (DESIGN.md)
@@ -120,10 +121,18 @@ def alert_status(user: User, state: AlertState, log: list[LogEntry], now: float)
     if call is not None and call.outcome == "pending":
         headline, phase = "Calling you: waiting for you to press 1", "calling"
     elif call is not None and call.outcome == "acknowledged":
-        headline, phase = "You pressed 1: if you are still out of range, Scout calls again in 15 minutes", "acknowledged"
+        wait = ack_snooze_for(ep, Rules())
+        again = f"{wait / 3600:g} hours" if wait >= 3600 else f"{wait / 60:g} minutes"
+        headline, phase = f"You pressed 1: if you are still out of range, Scout calls again in {again}", "acknowledged"
         steps += _step(ep.acknowledged_at, "You pressed 1")
     elif call is not None:
-        headline, phase = "No 1 pressed: your contacts are told", "unanswered"
+        rules = Rules()
+        told = ep.kind != "high" or (ep.urgent_high_since is not None
+                                     and call.placed_at - ep.urgent_high_since >= rules.urgent_high_for)
+        headline = ("No 1 pressed: your contacts are told" if told else
+                    f"No 1 pressed: Scout calls again within {rules.high_repeat / 60:g} minutes; your contacts are "
+                    f"told of a high only above {rules.urgent_high_mgdl:g} mg/dL for {rules.urgent_high_for / 60:g} minutes")
+        phase = "unanswered"
         steps += _step(call.placed_at, f"Call not acknowledged ({call.detail or 'no answer'})")
     else:
         headline, phase = f"Out of range ({ep.kind})", "open"

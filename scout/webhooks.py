@@ -23,9 +23,10 @@ import jwt
 from flask import Blueprint, Response, abort, jsonify, request
 from twilio.request_validator import RequestValidator
 
-from models import LogEntry, StoreUnavailable
+from models import LogEntry, StoreUnavailable, User
 from scout.alerts import ACKNOWLEDGED, UNANSWERED
 from scout.context import get_config, get_engine, get_store
+from scout.replies import digits_of, sender_role
 from scout.telephony.twilio import acknowledged_twiml, ask_again_twiml, no_key_twiml
 from scout.telephony.vonage import acknowledged_ncco, ask_again_ncco, inbound_ncco, no_key_ncco
 
@@ -232,3 +233,52 @@ def vonage_answer() -> Response:
     """The Vonage application's answer URL, used only when someone calls Scout's number:
     alert calls carry their own NCCO. Nothing is read or changed, so nothing to verify."""
     return jsonify(inbound_ncco())
+
+
+# --- replies by text ------------------------------------------------------------------
+
+
+def users_with_number(sender: str) -> list[User]:
+    """Everyone whose own phone or contacts include `sender`. Replies are rare, so the user
+    list is read here rather than kept in an index of numbers."""
+    return [user for user in get_store().list_users() if sender_role(user, sender)]
+
+
+def take_reply(provider: str, message_id: str, sender: str, channel: str, text: str) -> None:
+    """Act on one verified inbound message. A message id seen before is a replay: 403."""
+    if not message_id or not digits_of(sender):
+        log.info("%s inbound message without an id or sender; ignored", provider)
+        return
+    users = users_with_number(sender)
+    if not users:
+        log.info("%s inbound message from an unknown number; ignored", provider)
+        return
+    engine = get_engine()
+    for user in users:
+        decided = engine.record_reply(user, sender, channel, text, f"{user.id}:reply:{provider}:{message_id}")
+        if decided is None:
+            log.warning("%s inbound message %s delivered again or replayed; refused", provider, message_id)
+            abort(403)
+        log.info("%s reply from user=%s: %s", provider, user.id, decided.outcome)
+
+
+@bp.post("/twilio/messages")
+def twilio_messages() -> Response:
+    """Twilio's incoming-message webhook (SMS and WhatsApp) for TWILIO_NUMBER and
+    TWILIO_WHATSAPP_NUMBER. Answers go out through the API, recorded first; the TwiML is empty."""
+    verify_twilio()
+    sender = request.form.get("From", "")
+    channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
+    take_reply("twilio", request.form.get("MessageSid", ""), sender, channel, request.form.get("Body", ""))
+    return twiml("<Response/>")
+
+
+@bp.post("/vonage/inbound")
+def vonage_inbound() -> tuple[str, int]:
+    """The Vonage application's Messages inbound URL (SMS and WhatsApp, Messages API v1)."""
+    body = verify_vonage()
+    channel = "whatsapp" if body.get("channel") == "whatsapp" else "sms"
+    text = body.get("text")
+    take_reply("vonage", str(body.get("message_uuid") or ""), str(body.get("from") or ""), channel,
+               text if isinstance(text, str) else "")
+    return "", 204

@@ -85,6 +85,7 @@ class Nightscout:
     def __init__(self, server: HTTPServer, *values: int, direction: str = "SingleDown") -> None:
         self.server, self.values, self.direction = server, values, direction
         self.delay = 0.0
+        self.clock = time.time  # when "now" is for the readings' dates; a test may follow its own clock
         server.expect_request("/api/v1/entries/sgv.json").respond_with_handler(self._answer)
 
     def show(self, *values: int, direction: str = "SingleDown") -> None:
@@ -98,7 +99,7 @@ class Nightscout:
         import json
 
         time.sleep(self.delay)
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         entries = [{"_id": f"id{i}", "type": "sgv", "sgv": v, "date": now_ms - 60_000 - 300_000 * i,
                     "direction": self.direction, "device": "xDrip"} for i, v in enumerate(self.values)]
         return Response(json.dumps(entries), content_type="application/json")

@@ -117,10 +117,11 @@ def test_a_call_with_no_final_status_after_5_minutes_counts_as_unanswered() -> N
 
 
 def test_after_an_acknowledgement_the_next_call_waits_15_minutes() -> None:
-    state = call_then("acknowledged")
+    # 60 mg/dL: a low, not an urgent low (below 55 the wait is 5 minutes: tests/test_early_and_high.py)
+    state = call_then("acknowledged", value=60)
     early, due = NOW + 30 + 899, NOW + 30 + 900
-    assert "call" not in [a.kind for a in decide(USER, readings(54, now=early), state, early, RULES).actions]
-    assert "call" in [a.kind for a in decide(USER, readings(54, now=due), state, due, RULES).actions]
+    assert "call" not in [a.kind for a in decide(USER, readings(60, now=early), state, early, RULES).actions]
+    assert "call" in [a.kind for a in decide(USER, readings(60, now=due), state, due, RULES).actions]
 
 
 def test_repeat_texts_to_contacts_within_an_episode_are_rate_limited() -> None:
