@@ -150,6 +150,10 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
     back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range" and not warning
     _announce_end_of_pause(user, s, now, decision)
     if pause_holds(user, fresh, now) and not back_in_range:
+        if s.episode is not None and s.episode.urgent:
+            # An urgent low called through the pause. If nobody pressed 1, the contacts must
+            # hear of it even though the value has since risen above the urgent line.
+            _escalate_unanswered(user, s.episode, latest, now, rules, decision)
         decision.summary = (decision.summary + "; " if decision.summary else "") + (
             f"alerts paused until {clock_time(user.paused_until)}: no call")
         return decision

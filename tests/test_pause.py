@@ -123,3 +123,16 @@ def test_texts_to_named_contacts_say_whom_they_are_for_and_unnamed_ones_read_as_
     texts = {a.recipient: a.text for a in d.actions if a.purpose == "contacts"}
     assert texts["+14155552672"].startswith("Scout alert for Bo: Ana did not answer a call about a low")
     assert texts["+14155552673"].startswith("Scout alert: Ana did not answer a call about a low")
+
+
+def test_an_unanswered_urgent_low_call_during_a_pause_reaches_the_contacts_even_as_the_value_rises() -> None:
+    d = decide(PAUSED, readings(50), AlertState(), NOW, RULES)
+    assert purposes(d) == ["alert"]
+    state = d.state
+    assert state.episode and state.episode.call
+    record_call_outcome(state, state.episode.call.key, "unanswered", "no-answer", NOW + 40)
+    later = NOW + 300
+    d = decide(PAUSED, readings(62, 50, now=later), state, later, RULES)  # still low, above the urgent line
+    texted = {a.recipient for a in d.actions if a.purpose == "contacts"}
+    assert PAUSED.emergency_contact is not None and PAUSED.emergency_contact.phone in texted
+    assert not [a for a in d.actions if a.kind == "call"]  # the pause still holds a new call for 62
