@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TextIO
 
 from scout.config import Config, load_config
 from scout.logs import configure_logging
@@ -27,6 +27,9 @@ from scout.poller import Poller, cpu_seconds, order_by_risk, peak_rss_mb
 from scout.store.sqlite import SqliteStore
 
 TUNING = ("SCOUT_POLL_WORKERS", "SCOUT_POLL_CONNECTIONS", "SCOUT_POLL_SLOW_CONNECTIONS", "SCOUT_POLL_PROCESSES")
+
+
+PROTOCOL: TextIO = sys.stdout  # where READY and the result go (see main)
 
 
 def bench_config(db_path: str) -> Config:
@@ -75,7 +78,7 @@ def run_cycles(db_path: str, kinds_path: str) -> dict[str, Any]:
         with open(f"/proc/{process['pid']}/clear_refs", "w") as clear:
             clear.write("5")
     order = lanes(db_path)
-    print("READY", flush=True)
+    print("READY", file=PROTOCOL, flush=True)
     sys.stdin.readline()
     summary = poller.run_cycle(use_lease=True)
     poller.close()
@@ -127,10 +130,16 @@ def run_sequential(db_path: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    global PROTOCOL
     mode, db_path = sys.argv[1], sys.argv[2]
+    # Scout logs JSON lines to stdout, and so do the poller's spawned worker processes, which
+    # inherit this one's stdout: the benchmark reads READY and the result from stdout, so they
+    # get the pipe to themselves and everything else written to stdout goes to the log (stderr).
+    PROTOCOL = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     configure_logging()
     result = run_cycles(db_path, sys.argv[3]) if mode == "cycles" else run_sequential(db_path)
-    print(json.dumps(result), flush=True)
+    print(json.dumps(result), file=PROTOCOL, flush=True)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import User
 from scout.cloudtasks import EnqueueError, ShardQueue, ShardTask
-from scout.engine import Engine, UserResult
+from scout.engine import UserResult
 
 log = logging.getLogger("scout.dispatch")
 
@@ -73,23 +71,7 @@ def dispatch_cycle(queue: ShardQueue, started_at: float, shards: int,
     return done
 
 
-# --- any instance: poll the users of a shard -------------------------------------------
-
-
-def poll_users(engine: Engine, users: list[User], threads: int) -> list[UserResult]:
-    """Poll these users now, each through the engine's one-user path (fetch, decide, record,
-    send), several at a time. One broken user never stops the others."""
-    def poll_one(user: User) -> UserResult:
-        try:
-            return engine.poll_user(user)
-        except Exception as exc:
-            log.exception("poll failed user=%s", user.id)
-            return UserResult(user.id, user.email, ok=False, reason="error", summary=f"error: {exc}")
-
-    if not users:
-        return []
-    with ThreadPoolExecutor(max_workers=min(threads, len(users)), thread_name_prefix="shard") as pool:
-        return list(pool.map(poll_one, users))
+# --- any instance: what a shard's poll did (scout.tasks polls it through the poller) ---
 
 
 def shard_counts(results: list[UserResult]) -> dict[str, Any]:

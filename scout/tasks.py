@@ -1,5 +1,7 @@
 """The routes only Cloud Tasks calls (SCOUT_DISPATCH=cloudtasks): POST /tasks/poll-shard
-polls one shard of users for the cycle that enqueued it (scout.dispatch).
+polls one shard of users for the cycle that enqueued it (scout.dispatch), risk first, through
+the poller's own path (scout.poller.Poller.poll_users): users at risk first, then sites that
+answered fast last cycle, slow and failing sites in their own lane.
 
 Only Cloud Tasks may call /tasks/...: App Engine removes X-AppEngine-* headers from requests
 that come from outside, so a request that carries X-AppEngine-QueueName came through a task
@@ -14,13 +16,12 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from models import StoreUnavailable, UserFeed
+from models import StoreUnavailable
 from scout.cloudtasks import ShardTask
 from scout.config import Config
 from scout.context import address_policy, get_config, get_store
-from scout.dispatch import poll_users, shard_counts, shard_of
-from scout.engine import Engine
-from scout.poller import rules_from
+from scout.dispatch import shard_counts
+from scout.poller import Poller
 from scout.telephony import make_messenger
 
 log = logging.getLogger("scout.tasks")
@@ -28,7 +29,6 @@ log = logging.getLogger("scout.tasks")
 QUEUE_HEADER = "X-AppEngine-QueueName"
 TASK_HEADER = "X-AppEngine-TaskName"
 RETRY_HEADER = "X-AppEngine-TaskRetryCount"
-DEFAULT_SHARD_THREADS = 32  # users of one shard polled at once by one request
 
 bp = Blueprint("tasks", __name__, url_prefix="/tasks")
 _first_use = threading.Lock()
@@ -65,8 +65,7 @@ def poll_shard() -> tuple[Response, int]:
             "event": "shard_skipped", "cycle": task.cycle, "shard": task.shard, "age_s": round(age, 1)}})
         return jsonify({"skipped": "the cycle is over"}), 200
     try:
-        users = [u for u in _user_feed().users() if u.is_watchable and shard_of(u.id, task.shards) == task.shard]
-        results = poll_users(_shard_engine(), users, _shard_threads(config))
+        results = _shard_poller().poll_users(shard=(task.shard, task.shards))
     except StoreUnavailable as exc:
         log.error("shard %s of cycle %s failed: %s; Cloud Tasks will retry it", task.shard, task.cycle, exc)
         return _refusal(503, f"The store is unavailable: {exc}")
@@ -81,29 +80,22 @@ def _cycle_period(config: Config) -> float:
     return config.poll_interval or 60.0
 
 
-def _shard_threads(config: Config) -> int:
-    return min(config.poll_workers, DEFAULT_SHARD_THREADS)
+def _shard_poller() -> Poller:
+    """The poller this process polls its shards with, made on first use in the process that
+    serves the request (its store client, messenger and event loops are this process's own:
+    gRPC clients do not survive a fork), then kept: its view of the users, its recording and
+    sending threads and its pacing last from shard to shard.
 
-
-def _user_feed() -> UserFeed:
-    """This process's view of the users, kept current by the store's change feed (one
-    snapshot listener per process with Firestore, not a read of every user per shard)."""
-    with _first_use:  # two shards served at once by one process open one feed, not two
-        feed: UserFeed | None = current_app.extensions.get("scout_user_feed")
-        if feed is None:
-            feed = get_store().user_feed()
-            current_app.extensions["scout_user_feed"] = feed
-        return feed
-
-
-def _shard_engine() -> Engine:
-    """The engine shards are polled through: the poller's rules and Nightscout timeouts
-    (not the webhooks' tighter ones), created on first use in the serving process."""
-    with _first_use:
-        engine: Engine | None = current_app.extensions.get("scout_shard_engine")
-        if engine is None:
+    One process: each gunicorn worker of each instance is already one of the processes Cloud
+    Tasks spreads the shards over, so this poller starts no worker processes of its own. Two
+    shards served at once by one process poll on two threads, each with its own event loop,
+    and share the pacing of sends (this process's calls stay within SCOUT_CALLS_PER_SECOND;
+    see docs/deploy.md for several instances)."""
+    with _first_use:  # two shards served at once by one process make one poller, not two
+        poller: Poller | None = current_app.extensions.get("scout_shard_poller")
+        if poller is None:
             config = get_config()
-            engine = Engine(store=get_store(), messenger=make_messenger(config), rules=rules_from(config),
-                            allow_private=config.dev, is_public=address_policy())
-            current_app.extensions["scout_shard_engine"] = engine
-        return engine
+            poller = Poller(config, store=get_store(), messenger=make_messenger(config), processes=1)
+            poller.engine.is_public = address_policy()
+            current_app.extensions["scout_shard_poller"] = poller
+        return poller

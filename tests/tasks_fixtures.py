@@ -10,7 +10,8 @@
 - `Instance`: `gunicorn notifier:app`, as app.yaml starts it, in its own process group so a
   test can kill the whole instance;
 - `CountingNightscout`: one Nightscout site per user under /u/<id>/, counting each user's
-  reads, and able to hold one user's read until a test lets it go.
+  reads (and noting when each arrived), able to answer some users slowly and to hold one
+  user's read until a test lets it go.
 """
 from __future__ import annotations
 
@@ -210,6 +211,8 @@ class CountingNightscout:
         self.reads: Counter[str] = Counter()
         self.low: set[str] = set()  # users whose latest reading is 55 mg/dL
         self.failing: set[str] = set()  # users whose site answers 500
+        self.delay: dict[str, float] = {}  # users whose site takes this many seconds to answer
+        self.arrivals: list[tuple[str, float]] = []  # (user, time.time()) of every read, in order
         self.hold: str | None = None  # this user's first read waits for `release`
         self.held = threading.Event()
         self.release = threading.Event()
@@ -236,10 +239,13 @@ class CountingNightscout:
         user_id = parts[2] if len(parts) > 2 and parts[1] == "u" else ""
         with self._lock:
             self.reads[user_id] += 1
+            self.arrivals.append((user_id, time.time()))
             first = self.reads[user_id] == 1
         if user_id == self.hold and first:
             self.held.set()
             self.release.wait(60)
+        if user_id in self.delay:
+            time.sleep(self.delay[user_id])
         now_ms = int(time.time() * 1000)
         sgv = 55 if user_id in self.low else 120
         entries = [{"sgv": sgv, "date": now_ms - 60_000, "direction": "Flat", "type": "sgv", "device": "dexcom"},

@@ -24,7 +24,7 @@ import requests
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
-from models import User
+from models import AlertState, User
 from scout.config import ConfigError, load_config
 from scout.dispatch import shard_of
 from scout.poller import Poller
@@ -345,3 +345,42 @@ def test_the_queue_path_is_built_from_the_project_location_and_queue(tmp_path: P
     assert config.tasks_service == "default" and config.shards == 16
     assert load_config({**base, "SCOUT_TASKS_EMULATOR_HOST": "127.0.0.1:8123"}).tasks_queue == QUEUE
     assert load_config({k: v for k, v in base.items() if k != "SCOUT_DISPATCH"}).dispatch == "embedded"
+
+
+def test_a_shard_polls_its_user_at_risk_before_its_slow_lane_users(deployment: Deployment) -> None:
+    """The shard handler polls risk first, as the poller does (issue 11, items 2 and 4): the
+    user whose last value was near a threshold is read, decided and called before any user
+    whose site was slow last cycle is even read. In store order (ids sorted), with as many
+    slow users as the old handler had threads, the user at risk came last."""
+    deployment.env["SCOUT_SHARDS"] = "1"  # one shard: every user in the one request
+    deployment.start_instances(1)
+    nightscout = deployment.nightscout
+    slow = [f"a-slow-{n:02d}" for n in range(40)]
+    fast = [f"m-fast-{n:02d}" for n in range(10)]
+    at_risk = "z-at-risk"
+    order = slow + fast + [at_risk]
+    random.shuffle(order)  # saved in any order; the store lists them by id
+    for user_id in order:
+        deployment.store.save_user(make_user(nightscout.url(user_id), id=user_id, email=f"{user_id}@example.com"))
+    for user_id in slow:  # last cycle these sites were slow; this cycle they take 3 s again
+        nightscout.delay[user_id] = 3.0
+        assert deployment.store.commit(user_id, AlertState(site="slow"), 0, [])
+    nightscout.low.add(at_risk)
+    assert deployment.store.commit(at_risk, AlertState(watch=True), 0, [])  # last value near the low line
+    poller = deployment.lease_holder()
+    try:
+        summary = poller.run_cycle()
+        assert summary.enqueued == 1 and not summary.error, summary.log_line()
+        cycle = time.strftime("%Y%m%dT%H%M%S", time.gmtime(summary.started_at))
+        deployment.wait_for_cycle({f"poll-{cycle}-shard-0-of-1"})
+    finally:
+        poller.close()
+    assert {user_id: nightscout.reads[user_id] for user_id in order} == {user_id: 1 for user_id in order}
+    arrivals = [user_id for user_id, _ in nightscout.arrivals]
+    assert arrivals[0] == at_risk, arrivals[:5]
+    calls = [entry for entry in deployment.store.user_log(at_risk) if entry.kind == "call"]
+    assert len(calls) == 1 and calls[0].status == "sent", calls
+    first_slow_read = min(at for user_id, at in nightscout.arrivals if user_id in slow)
+    # no slow user can be decided before their site answers, 3 s after their read began
+    assert calls[0].created_at < first_slow_read + 3.0, (calls[0].created_at, first_slow_read)
+    assert all(deployment.calls(user_id) == 0 for user_id in slow + fast)

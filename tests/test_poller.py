@@ -195,3 +195,33 @@ def test_a_cycle_frees_its_reference_cycles_as_it_goes_and_leaves_older_objects_
     with pytest.raises(RuntimeError), collection_paused():
         raise RuntimeError("a cycle that fails")
     assert gc.isenabled() and gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
+
+
+def test_polls_running_at_once_in_one_process_leave_the_collector_as_they_found_it() -> None:
+    """Two Cloud Tasks shards served at once by one web process: each poll pauses the
+    collector on its own thread; the first out must not restore it under the other, nor the
+    second restore the first's cycle settings for good."""
+    thresholds = gc.get_threshold()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def first() -> None:
+        with collection_paused():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with collection_paused():
+            second_in.set()
+            first_out.wait(10)
+            seen["after the first left"] = (gc.get_freeze_count() > 0, gc.get_threshold() != thresholds)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen["after the first left"] == (True, True)  # still paused for the poll still running
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
