@@ -251,8 +251,9 @@ def contact_names(user: User) -> dict[str, str]:
 
 
 def csv_safe(text: str) -> str:
-    """A spreadsheet runs a cell that starts with = + - @ as a formula; such cells get a quote mark."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    """A spreadsheet runs a cell that starts with = + - @ as a formula, and skips a leading tab
+    or carriage return to find one; such cells get a quote mark."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def retention_days() -> int:

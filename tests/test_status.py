@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
+
 from models import AlertState, CallRecord, Episode, LogEntry
+from scout.dashboard import csv_safe
 from scout.readings import PollFailure, Reading, Readings
 from scout.status import alert_status, call_outcome, episodes, mask_phone, next_check, reading_status, status
 from tests.conftest import make_user
@@ -101,3 +104,13 @@ def test_the_log_is_grouped_by_episode_newest_first_whatever_its_order() -> None
     assert (low.started_at, low.ended_at, low.extreme, len(low.entries)) == (100, 900, "51", 4)
     assert [e.created_at for e in low.entries] == [100, 220, 230, 900]
     assert grouped[0].extreme == "250" and grouped[0].ended_at is None
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "+15551234567", "-2", "@SUM(A1)", "\t=1+1", "\r=1+1"])
+def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_quoted(cell: str) -> None:
+    assert csv_safe(cell) == "'" + cell
+
+
+@pytest.mark.parametrize("cell", ["call", "62 mg/dL", "", "Ana's phone"])
+def test_an_ordinary_csv_cell_is_left_as_it_is(cell: str) -> None:
+    assert csv_safe(cell) == cell
