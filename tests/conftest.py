@@ -14,6 +14,10 @@ from scout.config import Config, load_config
 from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 
+# The Firestore emulator with the fixtures that run a test on each store, and the telephony
+# doubles (Twilio and Vonage fakes, a Nightscout, a configured Scout), for every test module.
+pytest_plugins = ["tests.firestore_fixtures", "tests.telephony_setup"]
+
 
 def dev_env(tmp_path: Any, **extra: str) -> dict[str, str]:
     return {"SCOUT_DEV": "1", "SECRET_KEY": "test-secret", "SCOUT_DB": str(tmp_path / "scout.sqlite3"), **extra}
@@ -98,12 +102,3 @@ def threaded_httpserver() -> Iterator[Any]:
     yield server
     server.clear()
     server.stop()
-
-
-# The Firestore emulator and the fixtures that run a test on each store (issue 5).
-from tests.firestore_fixtures import (  # noqa: E402,F401
-    each_store,
-    firestore_config,
-    firestore_emulator,
-    firestore_store,
-)

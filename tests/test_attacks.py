@@ -25,22 +25,8 @@ from scout.readings import PollFailure, Readings
 from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 from tests.conftest import DevAuth, csrf_token, dev_env, make_user
-from tests.telephony_setup import (
-    EMERGENCY,
-    EXTRA_SMS,
-    USER_PHONE,
-    WHATSAPP_CONTACT,
-    Scout,
-    fake,
-    nightscout,
-    provider,
-    scout,
-    telephony_config,
-    vonage_key_pem,
-)
+from tests.telephony_setup import EMERGENCY, EXTRA_SMS, USER_PHONE, WHATSAPP_CONTACT, Scout
 from tests.test_web import SETTINGS, save
-
-__all__ = ["fake", "nightscout", "provider", "scout", "telephony_config", "vonage_key_pem"]  # fixtures
 
 XSS_PAYLOADS = [
     '<script>alert(1)</script>',

@@ -8,7 +8,7 @@ import pytest
 from scout.store.sqlite import SqliteStore
 from tests.test_browser import ARTIFACTS, live_app, page, sign_in
 
-__all__ = ["live_app", "page"]  # fixtures
+__all__ = ["live_app", "page"]  # fixtures imported for the tests below
 
 pytestmark = pytest.mark.browser
 

@@ -11,10 +11,9 @@ from models import AlertState
 from scout.alerts import Rules, decide, record_call_outcome
 from scout.readings import Reading, Readings
 from tests.conftest import make_user
-from tests.telephony_setup import fake, provider, telephony_config, vonage_key_pem
 from tests.test_traces import MINUTE, START, Trace, trace
 
-__all__ = ["fake", "provider", "telephony_config", "trace", "vonage_key_pem"]  # fixtures
+__all__ = ["trace"]  # fixtures imported for the tests below
 
 
 def spoken(trace: Trace) -> list[str]:

@@ -8,21 +8,7 @@ import time
 import pytest
 
 from tests.fake_providers import FakeProviders
-from tests.telephony_setup import (
-    EMERGENCY,
-    EXTRA_SMS,
-    USER_PHONE,
-    WHATSAPP_CONTACT,
-    Scout,
-    fake,
-    nightscout,
-    provider,
-    scout,
-    telephony_config,
-    vonage_key_pem,
-)
-
-__all__ = ["fake", "nightscout", "provider", "scout", "telephony_config", "vonage_key_pem"]  # fixtures
+from tests.telephony_setup import EMERGENCY, EXTRA_SMS, USER_PHONE, WHATSAPP_CONTACT, Scout
 
 # How each outcome reaches Scout: (final status, key pressed, Twilio AnsweredBy)
 OUTCOMES = {

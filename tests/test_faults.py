@@ -31,7 +31,7 @@ from scout.poller import CycleSummary, Poller, run_forever
 from scout.store.sqlite import SqliteStore
 from tests.conftest import dev_env, make_user
 from tests.fake_providers import FakeProviders
-from tests.telephony_setup import fake, twilio_env  # noqa: F401 (fake is a fixture)
+from tests.telephony_setup import twilio_env
 from tests.test_deployment import children, cmdline
 from tests.test_nightscout import entries
 
@@ -222,7 +222,7 @@ def test_a_full_disk_fails_one_cycle_loudly_and_the_next_cycle_alerts_with_nothi
 
 
 def test_texts_that_fail_while_the_provider_is_down_are_kept_and_sent_once_when_it_is_back(
-    tmp_path: Path, low_site: HTTPServer, fake: FakeProviders  # noqa: F811 (the fixture imported above)
+    tmp_path: Path, low_site: HTTPServer, fake: FakeProviders
 ) -> None:
     config = load_config(twilio_env(tmp_path, fake))
     store = SqliteStore(config.db_path)

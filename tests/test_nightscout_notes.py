@@ -18,9 +18,7 @@ from scout.config import Config
 from scout.store.sqlite import SqliteStore
 from tests.conftest import DevAuth, csrf_token, make_user
 from tests.fake_providers import FakeProviders
-from tests.telephony_setup import Scout, fake, provider, telephony_config, vonage_key_pem
-
-__all__ = ["fake", "provider", "telephony_config", "vonage_key_pem"]  # fixtures
+from tests.telephony_setup import Scout
 
 CAREPORTAL_TOKEN = "scout-4f1c2a9e7b6d5c3a"
 READABLE_TOKEN = "follower-8e7d6c5b4a392817"

@@ -22,15 +22,7 @@ from tests.telephony_setup import (
     USER_PHONE,
     WHATSAPP_CONTACT,
     Scout,
-    fake,
-    nightscout,
-    provider,
-    scout,
-    telephony_config,
-    vonage_key_pem,
 )
-
-__all__ = ["fake", "nightscout", "provider", "scout", "telephony_config", "vonage_key_pem"]  # fixtures
 
 UNANSWERED = {"twilio": ("no-answer", "", ""), "vonage": ("unanswered", "", "")}
 

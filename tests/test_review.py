@@ -8,9 +8,9 @@ from typing import Any
 
 from werkzeug import Request, Response
 
-from tests.test_traces import MINUTE, START, Site, Trace, fake, provider, telephony_config, trace, vonage_key_pem
+from tests.test_traces import MINUTE, START, Site, Trace, trace
 
-__all__ = ["fake", "provider", "telephony_config", "trace", "vonage_key_pem"]  # fixtures
+__all__ = ["trace"]  # fixtures imported for the tests below
 
 
 # --- the clock-skew notice near the tolerance ----------------------------------------------

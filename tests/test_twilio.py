@@ -15,9 +15,7 @@ from scout.telephony.base import TelephonyError, call_script
 from scout.telephony.http import RetryableTelephonyError
 from scout.telephony.twilio import TwilioMessenger
 from tests.fake_providers import FakeProviders
-from tests.telephony_setup import SITE_URL, TWILIO_NUMBER, TWILIO_SID, TWILIO_WHATSAPP_NUMBER, fake, twilio_env
-
-__all__ = ["fake"]  # the fixture, imported for the tests below
+from tests.telephony_setup import SITE_URL, TWILIO_NUMBER, TWILIO_SID, TWILIO_WHATSAPP_NUMBER, twilio_env
 
 SPEECH = "Ana, your blood glucose is 54 milligrams per deciliter and falling, 3 minutes ago."
 CALL_KEY = "sub-ana:low-1700000000:call:1"

@@ -16,17 +16,7 @@ from scout.telephony.base import TelephonyError, call_script
 from scout.telephony.http import RetryableTelephonyError
 from scout.telephony.vonage import VonageMessenger
 from tests.fake_providers import FakeProviders, Recorded
-from tests.telephony_setup import (
-    NEXMO_APPLICATION_ID,
-    NEXMO_NUMBER,
-    NEXMO_WHATSAPP_NUMBER,
-    SITE_URL,
-    fake,
-    vonage_env,
-    vonage_key_pem,
-)
-
-__all__ = ["fake", "vonage_key_pem"]  # the fixtures, imported for the tests below
+from tests.telephony_setup import NEXMO_APPLICATION_ID, NEXMO_NUMBER, NEXMO_WHATSAPP_NUMBER, SITE_URL, vonage_env
 
 SPEECH = "Ana, your blood glucose is 3.0 millimoles per liter and falling, 3 minutes ago."
 CALL_KEY = "sub-ana:low-1700000000:call:1"

@@ -15,19 +15,7 @@ import pytest
 
 from scout.config import load_config
 from tests.fake_providers import Callback, FakeProviders, twilio_signed, vonage_signed
-from tests.telephony_setup import (
-    Nightscout,
-    Scout,
-    fake,
-    nightscout,
-    provider,
-    scout,
-    telephony_config,
-    vonage_env,
-    vonage_key_pem,
-)
-
-__all__ = ["fake", "nightscout", "provider", "scout", "telephony_config", "vonage_key_pem"]  # fixtures
+from tests.telephony_setup import Nightscout, Scout, vonage_env
 
 NO_ANSWER = {"twilio": "no-answer", "vonage": "unanswered"}
 
