@@ -1,6 +1,7 @@
 """One contract, two stores: every test here runs on SQLite and on Firestore (the emulator)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import time
@@ -93,6 +94,9 @@ def test_saving_another_user_with_the_same_email_leaves_the_tutorial_era_user_al
     each_store.save_user(User(id="google-sub-2", email="ana@example.com"))  # e.g. an unverified email
     assert each_store.get_user("ana@example.com") == legacy
     assert len(each_store.list_users()) == 2
+    # a lookup by email prefers the user who signed in with Google, on every store
+    found = each_store.find_user_by_email("ana@example.com")
+    assert found is not None and found.id == "google-sub-2"
 
 
 def test_the_user_feed_lists_users_and_follows_changes(each_store: Any) -> None:
@@ -266,6 +270,30 @@ def test_users_are_plain_values_that_survive_the_round_trip(each_store: Any) -> 
     bare = User(id="sub-new", email="new@example.com")
     each_store.save_user(bare)
     assert each_store.get_user("sub-new") == bare
+
+
+def every_field_set() -> User:
+    """A user whose every field differs from its default, so a field a store forgets to keep
+    shows up here (a field added to User later must be added here too: the check below says so)."""
+    user = User(
+        id="sub-full", email="full@example.com", name="Ana Full", nightscout_url="https://ana.example.org/",
+        nightscout_token="tok-123", nightscout_api_secret="secret-abcdefghij", phone="+14155552671",
+        emergency_contact=Contact("+14155552672", "whatsapp", "Bo"),
+        extra_contacts=(Contact("+14155552673", "sms", "Cy"), Contact("+14155552674", "whatsapp")),
+        units="mmol/L", low_mgdl=72.0, high_mgdl=250.0, urgent_low_mgdl=50.0, paused_until=T0 + 3600,
+        nightscout_notes=True, predict_low_minutes=20, fast_drop=True, fast_drop_rate_mgdl=2.5, fast_drop_minutes=20,
+    )
+    defaults = User(id="", email="")
+    unset = [f.name for f in dataclasses.fields(User) if getattr(user, f.name) == getattr(defaults, f.name)]
+    assert not unset, f"give these fields a non-default value in every_field_set: {unset}"
+    return user
+
+
+def test_every_setting_of_a_user_survives_the_round_trip(each_store: Any) -> None:
+    user = every_field_set()
+    each_store.save_user(user)
+    assert each_store.get_user("sub-full") == user
+    assert [u for u in each_store.list_users() if u.id == "sub-full"] == [user]
 
 
 # --- abuse limits and sessions (issue 12) ---------------------------------------------

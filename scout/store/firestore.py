@@ -192,6 +192,11 @@ def user_from_document(doc_id: str, data: dict[str, Any]) -> User:
         high_mgdl=float(data.get("high_mgdl") or User.high_mgdl),
         urgent_low_mgdl=float(data.get("urgent_low_mgdl") or User.urgent_low_mgdl),
         paused_until=float(data.get("paused_until") or 0.0),
+        nightscout_notes=bool(data.get("nightscout_notes", User.nightscout_notes)),
+        predict_low_minutes=int(data.get("predict_low_minutes") or User.predict_low_minutes),
+        fast_drop=bool(data.get("fast_drop", User.fast_drop)),
+        fast_drop_rate_mgdl=float(data.get("fast_drop_rate_mgdl") or User.fast_drop_rate_mgdl),
+        fast_drop_minutes=int(data.get("fast_drop_minutes") or User.fast_drop_minutes),
     )
 
 
@@ -213,6 +218,11 @@ def user_to_document(user: User, now: float) -> dict[str, Any]:
         "high_mgdl": user.high_mgdl,
         "urgent_low_mgdl": user.urgent_low_mgdl,
         "paused_until": user.paused_until,
+        "nightscout_notes": user.nightscout_notes,
+        "predict_low_minutes": user.predict_low_minutes,
+        "fast_drop": user.fast_drop,
+        "fast_drop_rate_mgdl": user.fast_drop_rate_mgdl,
+        "fast_drop_minutes": user.fast_drop_minutes,
         "updated_at": now,
     }
     if not is_tutorial_era(user):  # a tutorial-era user has no Google subject id yet

@@ -226,17 +226,12 @@ class SqliteStore:
         return User.from_dict(json.loads(rows[0][0])) if rows else None
 
     def find_user_by_email(self, email: str) -> User | None:
-        rows = self._query("SELECT data FROM users WHERE email = ? LIMIT 1", (email,))
+        # the user who signed in with Google before a tutorial-era record of the same email
+        rows = self._query("SELECT data FROM users WHERE email = ? ORDER BY id = email LIMIT 1", (email,))
         return User.from_dict(json.loads(rows[0][0])) if rows else None
 
     def save_user(self, user: User) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO users (id, email, data, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET email = excluded.email, data = excluded.data, "
-                "updated_at = excluded.updated_at",
-                (user.id, user.email, json.dumps(user.as_dict()), time.time()),
-            )
+        self.save_users([user])
 
     def save_users(self, users: list[User]) -> None:
         """Every user in one transaction (an import saves thousands)."""
