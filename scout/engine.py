@@ -44,7 +44,6 @@ MESSAGE_RETRY_WINDOW = 30 * 60  # an unsent message older than this is no longer
 # `unplaced_after` backstop is a minute longer). 500 users low at once at 3 calls/s take
 # under three minutes.
 CALL_WINDOW = 240
-CALL_RETRY_WINDOW = CALL_WINDOW  # the name older code knows
 MAX_COMMIT_ATTEMPTS = 5
 MESSAGE_SEND_BUDGET = 20.0
 NOTE_PURPOSE = "note"  # a treatment posted on the user's own Nightscout (see note_on_nightscout)
@@ -356,8 +355,12 @@ class Engine:
         log.info("call outcome: %s", outcome, extra={"fields": {
             "event": "call_outcome", "user": user.id, "key": mask_key(call_key), "outcome": outcome, "detail": detail}})
         if outcome == ACKNOWLEDGED:
+            # Nothing more is due at once after a 1: the snooze holds the calls and the next
+            # cycle sends any all-clear. Reading Nightscout here as well would let a hung site
+            # hold the provider's callback past its 15 s.
             self.note_on_nightscout(user, [Note(f"{call_key}:ack:note", "Note", f"Scout: {user.display_name} pressed 1: "
                                                                                "alert acknowledged.")])
+            return True
         from_poller = poll is not None
         if poll is None:
             poll = self.fetch(user)
