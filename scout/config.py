@@ -24,8 +24,17 @@ DEFAULT_TASKS_QUEUE = "scout-poll"
 EMULATOR_PROJECT = "scout-local"  # the project and location names used with a local Cloud Tasks emulator
 EMULATOR_LOCATION = "local"
 DEFAULT_HISTORY_DAYS = 90
-DEFAULT_POLL_WORKERS = 64  # see scout.poller: recording threads, and as many sending ones
-DEFAULT_POLL_CONNECTIONS = 1000  # Nightscout requests in flight at once within a cycle
+# Threads that record, and as many again that send (a send to a provider blocks for a few
+# hundred ms). More threads only fight the fetching loop for the GIL (measured with `make
+# bench`: 200 threads cost a second of CPU at 10,000 users).
+DEFAULT_POLL_WORKERS = 64
+# Nightscout requests in flight at once on each poller process's loop, in the main lane (users
+# at risk, then sites that answered fast last cycle, then new users)...
+DEFAULT_POLL_CONNECTIONS = 1000
+# ...and in the slow lane (sites slow, hung or failing last cycle): they hold their sockets up
+# to the 15 s deadline, so they get many, but their own. With the benchmark's mix, 35% of users
+# are in this lane, and at 50,000 users on 2 processes they need about 2,000 sockets each.
+DEFAULT_POLL_SLOW_CONNECTIONS = 3000
 DEFAULT_RESTART_DELAY = 2.0  # seconds before the supervisor starts a dead poller again
 DEFAULT_PORT = 8080
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -76,6 +85,8 @@ class Config:
     poller: str = "embedded"
     poll_workers: int = DEFAULT_POLL_WORKERS
     poll_connections: int = DEFAULT_POLL_CONNECTIONS
+    poll_slow_connections: int = DEFAULT_POLL_SLOW_CONNECTIONS
+    poll_processes: int = 0  # processes that poll, this one included; 0: one per usable core
     poll_interval: float | None = None  # None: every minute at second :30
     restart_delay: float = DEFAULT_RESTART_DELAY
     log_level: str = "INFO"
@@ -445,6 +456,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         poller=_choice(env, "SCOUT_POLLER", ("embedded", "off"), "embedded"),
         poll_workers=_count(env, "SCOUT_POLL_WORKERS", DEFAULT_POLL_WORKERS),
         poll_connections=_count(env, "SCOUT_POLL_CONNECTIONS", DEFAULT_POLL_CONNECTIONS),
+        poll_slow_connections=_count(env, "SCOUT_POLL_SLOW_CONNECTIONS", DEFAULT_POLL_SLOW_CONNECTIONS),
+        poll_processes=_count(env, "SCOUT_POLL_PROCESSES", 1) if env.get("SCOUT_POLL_PROCESSES", "").strip() else 0,
         poll_interval=poll_interval(env),
         restart_delay=restart_delay(env),
         log_level=log_level(env),

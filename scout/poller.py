@@ -33,7 +33,7 @@ import schedule
 from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User, UserFeed
 from scout.alerts import Rules
 from scout.cloudtasks import ShardQueue
-from scout.config import Config, ConfigError
+from scout.config import Config
 from scout.dispatch import dispatch_cycle, shard_of
 from scout.engine import Engine, UserResult
 from scout.forecast import readings_wanted
@@ -53,19 +53,6 @@ LEASE_NAME = "poller"
 # the standby's second cycle after the holder's last renewal: a dead holder costs at
 # most one missed cycle, and its standby acts within two minutes.
 LEASE_TTL = 110.0
-# Threads that record, and as many again that send (a send to a provider blocks for a few
-# hundred ms). Only polls with something to record reach them; more threads only fight the
-# fetching loop for the GIL (measured with `make bench`: 200 threads cost a second of CPU
-# at 10,000 users).
-DEFAULT_WORKERS = 64
-# Nightscout requests in flight at once on each process's asyncio loop, in the main lane
-# (users at risk, then sites that answered fast last cycle, then new users)...
-DEFAULT_CONNECTIONS = 1000
-# ...and in the slow lane (sites that were slow, hung or failing last cycle): they hold
-# their sockets for up to the 15 s deadline, so they get many, but their own. With the
-# benchmark's mix, 35% of users are in this lane, and at 50,000 users on 2 processes
-# they need about 2,000 sockets each to finish within the 15 s of the slowest.
-DEFAULT_SLOW_CONNECTIONS = 3000
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections during a cycle (default 700)
 # Polls of fewer users leave the collector alone: the pause saves about 0.14 ms of CPU per
 # user (measured at 10,000 users) and costs two full collections (see collection_paused)
@@ -333,12 +320,12 @@ class Poller:
     ) -> None:
         self.config = config
         own_parts = store is None and messenger is None and clock is time.time
-        self.processes = max(1, processes or (poll_processes(config) if own_parts else 1))
+        self.processes = max(1, processes or ((config.poll_processes or usable_cores()) if own_parts else 1))
         self.partition = partition if partition != (0, 1) else (0, self.processes)
         self.store = store or open_store(config)
         self.workers = workers or config.poll_workers
         main = config.poll_connections
-        slow = int(config.get("SCOUT_POLL_SLOW_CONNECTIONS") or DEFAULT_SLOW_CONNECTIONS)
+        slow = config.poll_slow_connections
         allowed = allowed_connections(main + slow)
         # if the open-files limit cannot be raised far enough, the slow lane gives way first
         self.connections = max(1, min(main, allowed - 1)) if allowed > 1 else 1
@@ -679,18 +666,6 @@ class Poller:
             self._feed.close()
         if self._shard_queue is not None:
             self._shard_queue.close()
-
-
-def poll_processes(config: Config) -> int:
-    """SCOUT_POLL_PROCESSES: processes that poll (this one included); default one per
-    usable core."""
-    raw = config.get("SCOUT_POLL_PROCESSES").strip()
-    if not raw:
-        return usable_cores()
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"SCOUT_POLL_PROCESSES must be a whole number of at least 1 (got {raw!r}); "
-                          "leave it unset for one per core")
-    return int(raw)
 
 
 class PartitionWorker:

@@ -217,7 +217,13 @@ def test_a_process_count_that_is_not_a_whole_number_of_at_least_1_is_refused_wit
     tmp_path: Any, value: str
 ) -> None:
     with pytest.raises(ConfigError, match="SCOUT_POLL_PROCESSES"):
-        Poller(load_config(dev_env(tmp_path, SCOUT_POLL_PROCESSES=value)))
+        load_config(dev_env(tmp_path, SCOUT_POLL_PROCESSES=value))
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5"])
+def test_a_slow_lane_size_that_is_not_a_whole_number_of_at_least_1_stops_the_start(tmp_path: Any, value: str) -> None:
+    with pytest.raises(ConfigError, match="SCOUT_POLL_SLOW_CONNECTIONS"):
+        load_config(dev_env(tmp_path, SCOUT_POLL_SLOW_CONNECTIONS=value))
 
 
 def test_a_body_announced_as_50_mb_is_refused_before_a_byte_of_it_is_read(tmp_path: Any, store: SqliteStore) -> None:
