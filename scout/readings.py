@@ -107,8 +107,11 @@ class Readings:
     CGM error codes (0 to 38) are left out of them and kept in `errors`."""
 
     readings: tuple[Reading, ...]
-    error_codes: int = 0
     errors: tuple[SensorError, ...] = ()
+
+    @property
+    def error_codes(self) -> int:
+        return len(self.errors)
 
     @property
     def latest(self) -> Reading | None:
@@ -215,4 +218,4 @@ def parse_entries(payload: Any) -> PollResult:
     errors = sorted((p for p in parsed if isinstance(p, SensorError)), key=lambda e: e.date, reverse=True)
     if not readings and not errors:
         return PollFailure("bad_data", "no entry has a numeric sgv and date")
-    return Readings(tuple(readings), len(errors), tuple(errors))
+    return Readings(tuple(readings), tuple(errors))

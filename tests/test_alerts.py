@@ -5,7 +5,7 @@ import pytest
 
 from models import AlertState
 from scout.alerts import Decision, Rules, decide, record_call_outcome, record_call_placed
-from scout.readings import PollFailure, Reading, Readings
+from scout.readings import PollFailure, Reading, Readings, SensorError
 from tests.conftest import make_user
 
 NOW = 1_800_000_000.0
@@ -43,13 +43,15 @@ def test_it_calls_only_outside_70_to_240(value: int, expect_call: bool) -> None:
 
 
 def test_it_never_calls_for_a_cgm_error_code() -> None:
-    d = decide(USER, Readings((), error_codes=3), AlertState(), NOW, RULES)
+    errors = tuple(SensorError(code, NOW - 60 * (i + 1)) for i, code in enumerate((9, 10, 1)))
+    d = decide(USER, Readings((), errors), AlertState(), NOW, RULES)
     assert d.actions == []
     assert d.state.episode is None
+    assert "hourglass" in d.summary
 
 
 def test_it_ignores_error_codes_and_judges_the_newest_valid_value() -> None:
-    d = decide(USER, Readings((Reading(54, NOW - 60, "Flat"),), error_codes=1), AlertState(), NOW, RULES)
+    d = decide(USER, Readings((Reading(54, NOW - 60, "Flat"),), (SensorError(9, NOW - 30),)), AlertState(), NOW, RULES)
     assert [a.kind for a in d.actions] == ["call"]
 
 
