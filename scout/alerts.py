@@ -149,17 +149,16 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
     warning = _early_warning(user, poll, fresh, now)
     back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range" and not warning
     _announce_end_of_pause(user, s, now, decision)
-    if pause_holds(user, fresh, now) and not back_in_range:
-        if s.episode is not None and s.episode.urgent:
-            # An urgent low called through the pause. If nobody pressed 1, the contacts must
-            # hear of it even though the value has since risen above the urgent line.
-            _escalate_unanswered(user, s.episode, latest, now, rules, decision)
+    held = pause_holds(user, fresh, now) and not back_in_range
+    # An unanswered call reaches the contacts before any new call replaces its record. A pause
+    # holds this too, except for an urgent low's call: if nobody pressed 1, the contacts must
+    # hear of it even once the value has risen above the urgent line.
+    if s.episode is not None and not back_in_range and (not held or s.episode.urgent):
+        _escalate_unanswered(user, s.episode, latest, now, rules, decision)
+    if held:
         decision.summary = (decision.summary + "; " if decision.summary else "") + (
             f"alerts paused until {clock_time(user.paused_until)}: no call")
         return decision
-    if s.episode is not None and not back_in_range:
-        # before any new call replaces the record of the last one
-        _escalate_unanswered(user, s.episode, latest, now, rules, decision)
     if fresh is not None:
         delta = change_between(fresh, previous) if previous is not None else None
         _judge(user, fresh, delta, s, now, rules, decision, warning)
@@ -476,7 +475,7 @@ def ack_snooze_for(ep: Episode, rules: Rules) -> float:
 
 
 def _call_due(s: AlertState, ep: Episode, now: float, rules: Rules) -> bool:
-    """Whether to call now. (A later rule, such as a user's pause, adds its own refusal here.)"""
+    """Whether to call now, from the episode's last call, its acknowledgement and the waits."""
     call = ep.call
     if call is not None and call.outcome == PENDING:
         return False

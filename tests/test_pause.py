@@ -97,7 +97,7 @@ def test_shuffled_polls_over_a_pause_call_only_for_urgent_lows_then_resume_once(
     """A night of polls in a random order of values: while paused only values under 55 call;
     after the pause ends exactly one resume text goes out."""
     rng = random.Random(14)
-    state, resumed = AlertState(), 0
+    state, resumed, urgent_calls_while_paused = AlertState(), 0, 0
     for minute in range(0, 240, 3):
         now = NOW + minute * 60
         value = rng.choice([48, 54, 58, 66, 110, 250])
@@ -105,11 +105,14 @@ def test_shuffled_polls_over_a_pause_call_only_for_urgent_lows_then_resume_once(
         calls = [a for a in d.actions if a.purpose == "alert"]
         if now < PAUSED.paused_until and value >= 55:
             assert calls == [], (minute, value)
+        elif now < PAUSED.paused_until and calls:
+            urgent_calls_while_paused += 1
         resumed += purposes(d).count("resumed")
         state = d.state
         if state.episode and state.episode.call and state.episode.call.outcome == "pending":
             record_call_outcome(state, state.episode.call.key, "acknowledged", "1", now + 20)
     assert resumed == 1
+    assert urgent_calls_while_paused > 0  # the pause never silenced an urgent low
 
 
 def test_texts_to_named_contacts_say_whom_they_are_for_and_unnamed_ones_read_as_before() -> None:
