@@ -25,12 +25,14 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(PIP_LOCKED) -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
-# Re-resolve both locks after changing a pin in requirements.in or requirements-dev.in.
+# Re-resolve the locks after changing a pin in requirements.in, requirements-dev.in,
+# requirements-replay.in or tests/tasks_emulator/requirements.in.
 # Already-locked versions are kept unless a pin moves; `make lock UPGRADE=1` takes the newest allowed.
 lock: $(VENV)/.installed-dev
 	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements.txt requirements.in
 	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements-dev.txt requirements-dev.in
 	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file requirements-replay.txt requirements-replay.in
+	$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) --output-file tests/tasks_emulator/requirements.txt tests/tasks_emulator/requirements.in
 
 run: $(VENV)/.installed
 	SCOUT_DEV=1 $(BIN)/gunicorn notifier:app

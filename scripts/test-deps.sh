@@ -22,12 +22,13 @@ if [ -f tests/emulator/package.json ] && [ ! -d tests/emulator/node_modules ]; t
 fi
 
 # The Cloud Tasks emulator needs protobuf below 5, Scout's clients protobuf 6 or later: it
-# gets a venv of its own, rebuilt when its pinned requirements change.
+# gets a venv of its own, installed from its own hash lock and rebuilt when the lock changes.
 EMULATOR_VENV=.venv/tasks-emulator
 if ! cmp -s tests/tasks_emulator/requirements.txt "$EMULATOR_VENV/requirements.txt"; then
   echo "installing the Cloud Tasks emulator"
   rm -rf "$EMULATOR_VENV"
   python3 -m venv "$EMULATOR_VENV"
-  "$EMULATOR_VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/tasks_emulator/requirements.txt
+  "$EMULATOR_VENV/bin/pip" install --quiet --disable-pip-version-check --require-hashes --no-deps \
+    -r tests/tasks_emulator/requirements.txt
   cp tests/tasks_emulator/requirements.txt "$EMULATOR_VENV/requirements.txt"
 fi
