@@ -13,11 +13,11 @@ import ipaddress
 import json
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -203,6 +203,7 @@ class RefusedHost(OSError):
 
 
 Lookup = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
+T = TypeVar("T")
 
 
 class PublicOnlyResolver(aiohttp.ThreadedResolver):
@@ -440,13 +441,18 @@ def fetch_readings(
             return await fetch_readings_async(user, session, allow_private=allow_private, count=count,
                                               timeout=timeout)
 
+    return run_blocking(once)
+
+
+def run_blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine `make()` to its end for a caller without an event loop. Called
+    from a coroutine, where a loop cannot be nested, it gets a thread of its own."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(once())
-    # called from a coroutine: a loop cannot be nested, so the fetch gets a thread of its own
+        return asyncio.run(make())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightscout") as pool:
-        return pool.submit(asyncio.run, once()).result()
+        return pool.submit(asyncio.run, make()).result()
 
 
 # --- notes on the user's own Nightscout (treatments) -------------------------------------
@@ -515,9 +521,4 @@ def post_treatment(
             except TimeoutError:
                 return NoteResult(False, f"Nightscout did not answer within {connect_s + read_s:g} s")
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(once())
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightscout") as pool:
-        return pool.submit(asyncio.run, once()).result()
+    return run_blocking(once)
