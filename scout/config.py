@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from scout.pacing import DEFAULT_CALLS_PER_SECOND, DEFAULT_MESSAGES_PER_SECOND
 
@@ -103,44 +104,42 @@ class Config:
         return self.dev and not self.google_client_id
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], expected: str,
+            within: Callable[[N], bool], bounds: str, advice: str = "") -> N:
+    """One numeric variable: `default` when unset; otherwise `parse` must read it (else 'NAME
+    must be <expected>') and the value must be `within` its bounds (else 'NAME must be <bounds>')."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+        raise ConfigError(f"{name} must be {expected}, got {raw!r}.") from None
+    if not within(value):
+        raise ConfigError(f"{name} must be {bounds}, got {raw}{advice}.")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    return _number(env, name, default, int, "a whole number", lambda v: v >= minimum, f"at least {minimum}")
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A count of things (workers, connections): a whole number of at least 1."""
+    return _int(env, name, default, minimum=1)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds such as 10, got {raw!r}.") from None
-    if not 0 < value <= maximum:
-        raise ConfigError(f"{name} must be more than 0 and at most {maximum:g} seconds, got {raw}.")
-    return value
+    return _number(env, name, default, float, "a number of seconds such as 10", lambda v: 0 < v <= maximum,
+                   f"more than 0 and at most {maximum:g} seconds")
 
 
 def _rate(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number per second such as 3 or 0.5, got {raw!r}.") from None
-    if not 0 < value <= 1000:
-        raise ConfigError(f"{name} must be more than 0 and at most 1000 per second, got {raw}: "
-                          "set it to your provider account's limit.")
-    return value
+    return _number(env, name, default, float, "a number per second such as 3 or 0.5", lambda v: 0 < v <= 1000,
+                   "more than 0 and at most 1000 per second", ": set it to your provider account's limit")
 
 
 def _choose_store(env: Mapping[str, str]) -> str:
@@ -322,13 +321,6 @@ def server_settings(env: Mapping[str, str]) -> ServerSettings:
                           threads=_count(env, "SCOUT_WEB_THREADS", 8),
                           forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "").strip() or "*",
                           log_level=log_level(env))
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip() or str(default)
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}.")
-    return int(raw)
 
 
 def dev_secret_key(db_path: str) -> str:

@@ -62,15 +62,16 @@ def test_gunicorn_refuses_to_start_on_firestore_settings_that_cannot_work(
     assert (found is None) if problem is None else (problem in found)
 
 
-@pytest.mark.parametrize("name, value", [("SCOUT_WEB_THREADS", "lots"), ("WEB_CONCURRENCY", "0")])
+@pytest.mark.parametrize("name, value, reason", [("SCOUT_WEB_THREADS", "lots", "must be a whole number, got 'lots'"),
+                                                ("WEB_CONCURRENCY", "0", "must be at least 1, got 0")])
 def test_gunicorn_refuses_a_worker_or_thread_count_that_is_not_one_in_one_line(
-    tmp_path: Path, name: str, value: str
+    tmp_path: Path, name: str, value: str, reason: str
 ) -> None:
     env = {**os.environ, "SCOUT_DEV": "1", "SCOUT_DB": str(tmp_path / "s.sqlite3"), name: value}
     done = subprocess.run([sys.executable, "-m", "gunicorn", "notifier:app"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert done.stderr.strip() == f"Scout cannot start: {name} must be a whole number of at least 1, got {value!r}."
+    assert done.stderr.strip() == f"Scout cannot start: {name} {reason}."
 
 
 def test_a_service_account_file_names_the_project(tmp_path: Path) -> None:
