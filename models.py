@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_EXTRA_CONTACTS = 5
 CHANNELS = ("sms", "whatsapp")
@@ -16,6 +18,36 @@ DEFAULT_LOW_MGDL = 70.0
 DEFAULT_HIGH_MGDL = 240.0
 # Dexcom's urgent low (55 mg/dL, 3.0 mmol/L) cannot be silenced: a pause never holds a call below it.
 DEFAULT_URGENT_LOW_MGDL = 55.0
+# Highs have a cadence of their own (a high is rarely an emergency within minutes, and a call
+# every 2 minutes for three hours teaches people to ignore Scout); each user can change it.
+DEFAULT_HIGH_REPEAT_MINUTES = 30  # calls about an unacknowledged high at most this often
+DEFAULT_HIGH_SNOOZE_MINUTES = 120  # after a 1 for a high, no call for this long
+DEFAULT_URGENT_HIGH_MGDL = 300.0  # contacts hear of a high only above this...
+DEFAULT_URGENT_HIGH_MINUTES = 60  # ...for at least this long
+DEFAULT_TIME_ZONE = "UTC"
+DEFAULT_NIGHT_START, DEFAULT_NIGHT_END = "22:00", "07:00"  # the user's local times
+
+
+def minute_of_day(clock: str) -> int:
+    """'07:30' -> 450. ValueError for anything that is not a 24-hour time."""
+    hours, _, minutes = clock.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and len(hours) <= 2):
+        raise ValueError(f"{clock!r} is not a time like 22:00")
+    value = int(hours) * 60 + int(minutes)
+    if int(hours) > 23 or int(minutes) > 59:
+        raise ValueError(f"{clock!r} is not a time like 22:00")
+    return value
+
+
+def local_minute(now: float, zone_name: str) -> int:
+    """The minute of the day at `now` on the clocks of `zone_name` (an IANA zone, so daylight
+    saving time is followed); a zone this machine does not know counts as UTC."""
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    local = datetime.fromtimestamp(now, zone)
+    return local.hour * 60 + local.minute
 
 
 @dataclass(frozen=True)
@@ -64,6 +96,39 @@ class User:
     fast_drop: bool = False  # call on a fast drop
     fast_drop_rate_mgdl: float = 3.0  # ... of at least this many mg/dL a minute
     fast_drop_minutes: int = 15  # ... on average over this many minutes
+    # The cadence of highs (see the defaults above)
+    high_repeat_minutes: int = DEFAULT_HIGH_REPEAT_MINUTES
+    high_snooze_minutes: int = DEFAULT_HIGH_SNOOZE_MINUTES
+    urgent_high_mgdl: float = DEFAULT_URGENT_HIGH_MGDL
+    urgent_high_minutes: int = DEFAULT_URGENT_HIGH_MINUTES
+    # Night thresholds: between night_start and night_end on the user's own clocks (a window
+    # may wrap midnight), night_low_mgdl and night_high_mgdl replace low_mgdl and high_mgdl.
+    time_zone: str = DEFAULT_TIME_ZONE  # an IANA zone name, e.g. "America/New_York"
+    night_thresholds: bool = False
+    night_start: str = DEFAULT_NIGHT_START
+    night_end: str = DEFAULT_NIGHT_END
+    night_low_mgdl: float = DEFAULT_LOW_MGDL
+    night_high_mgdl: float = DEFAULT_HIGH_MGDL
+
+    def is_night(self, now: float) -> bool:
+        """Whether `now` falls in the user's night window, on their own clocks."""
+        if not self.night_thresholds:
+            return False
+        try:
+            start, end = minute_of_day(self.night_start), minute_of_day(self.night_end)
+        except ValueError:
+            return False
+        minute = local_minute(now, self.time_zone)
+        if start <= end:
+            return start <= minute < end
+        return minute >= start or minute < end  # the window wraps midnight
+
+    def in_force(self, now: float) -> User:
+        """The user as the rules apply at `now`: at night, the night thresholds are the low
+        and the high (the urgent low stays, never above the low in force)."""
+        if not self.is_night(now):
+            return self
+        return replace(self, low_mgdl=self.night_low_mgdl, high_mgdl=self.night_high_mgdl)
 
     @property
     def urgent_low(self) -> float:

@@ -45,12 +45,8 @@ class Rules:
     # a call still not placed this long after it was decided cannot be placed in time
     # (the engine gives up sooner, see scout.engine.CALL_WINDOW; this is the backstop)
     unplaced_after: float = 5 * 60
-    # Highs have a cadence of their own: a high is rarely an emergency within minutes, and a
-    # call every 2 minutes for three hours teaches people to ignore Scout.
-    high_repeat: float = 30 * 60  # calls about an unacknowledged high at most this often
-    high_ack_snooze: float = 2 * 3600  # after a 1 for a high, no call for this long
-    urgent_high_mgdl: float = 300.0  # contacts hear of a high only above this...
-    urgent_high_for: float = 60 * 60  # ...for at least this long
+    # Highs have a cadence of their own, set by each user (models.User.high_repeat_minutes,
+    # high_snooze_minutes, urgent_high_mgdl, urgent_high_minutes). Lows keep wait_after_call.
     # An urgent low (below the user's urgent_low, 55 mg/dL by default) waits less: a 1 snoozes
     # it for 5 minutes, and an unanswered call reaches the contacts again after 5 minutes.
     urgent_ack_snooze: float = 5 * 60
@@ -126,7 +122,9 @@ def call_speech(user: User, reading: Reading, delta: float | None, now: float) -
 def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: Rules,
            count_failures: bool = True) -> Decision:
     """Apply every alert rule to one poll of one user. `count_failures` is False for a
-    read made outside the poller's cycle (a webhook's): it never counts toward an outage."""
+    read made outside the poller's cycle (a webhook's): it never counts toward an outage.
+    The thresholds are those in force at `now`: at night, the user's night thresholds."""
+    user = user.in_force(now)
     s = state.copy()
     _clamp_future_times(s, now)
     watched_before = s.watching_since is not None
@@ -438,7 +436,7 @@ def _judge(user: User, latest: Reading, delta: float | None, s: AlertState, now:
            d: Decision, warning: str = "") -> None:
     value = f"{format_value(latest.mgdl, user.units, latest.limit)} {user.units} {latest.arrow}".rstrip()
     where = _range_of(user, latest.mgdl)
-    d.summary = f"{value}, {minutes_ago(latest.at, now)}: {where}"
+    d.summary = f"{value}, {minutes_ago(latest.at, now)}: {where}" + (" (night thresholds)" if user.is_night(now) else "")
     if where == "in range" and warning:
         where = "low"  # not low yet, but heading there: the low's episode opens now
         d.summary += f", {warning}"
@@ -453,35 +451,36 @@ def _judge(user: User, latest: Reading, delta: float | None, s: AlertState, now:
     ep.why = warning
     ep.urgent = where == "low" and latest.mgdl < user.urgent_low
     if where == "high":
-        _track_urgent_high(ep, latest, now, rules)
-    if _call_due(s, ep, now, rules):
+        _track_urgent_high(user, ep, latest, now)
+    if _call_due(user, s, ep, now, rules):
         _place_call(user, s, ep, latest, delta, now, d)
 
 
-def _track_urgent_high(ep: Episode, latest: Reading, now: float, rules: Rules) -> None:
-    if latest.mgdl > rules.urgent_high_mgdl:
+def _track_urgent_high(user: User, ep: Episode, latest: Reading, now: float) -> None:
+    if latest.mgdl > user.urgent_high_mgdl:
         if ep.urgent_high_since is None:
             ep.urgent_high_since = now
     elif ep.urgent_high_since is not None:
         ep.urgent_high_since = None
 
 
-def ack_snooze_for(ep: Episode, rules: Rules) -> float:
-    """How long a 1 silences this episode: 2 hours for a high, 5 minutes for an urgent low,
-    15 minutes for any other low."""
+def ack_snooze_for(ep: Episode, user: User, rules: Rules) -> float:
+    """How long a 1 silences this episode: the user's snooze for a high (2 hours by default),
+    5 minutes for an urgent low, 15 minutes for any other low."""
     if ep.kind == "high":
-        return rules.high_ack_snooze
+        return user.high_snooze_minutes * 60.0
     return rules.urgent_ack_snooze if ep.urgent else rules.ack_snooze
 
 
-def _call_due(s: AlertState, ep: Episode, now: float, rules: Rules) -> bool:
+def _call_due(user: User, s: AlertState, ep: Episode, now: float, rules: Rules) -> bool:
     """Whether to call now, from the episode's last call, its acknowledgement and the waits."""
     call = ep.call
     if call is not None and call.outcome == PENDING:
         return False
     if call is not None and call.outcome == ACKNOWLEDGED and ep.acknowledged_at is not None:
-        return now - ep.acknowledged_at >= ack_snooze_for(ep, rules)
-    if ep.kind == "high" and ep.last_call_at is not None and now - ep.last_call_at < rules.high_repeat:
+        return now - ep.acknowledged_at >= ack_snooze_for(ep, user, rules)
+    if (ep.kind == "high" and ep.last_call_at is not None
+            and now - ep.last_call_at < user.high_repeat_minutes * 60.0):
         return False
     # one WAIT_AFTER_CALL per user: a low turning high does not start a wait of its own
     last = max((t for t in (ep.last_call_at, s.last_call_at) if t is not None), default=None)
@@ -521,11 +520,9 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
     if call.outcome not in (UNANSWERED, UNPLACED) or call.escalated:
         return
     call.escalated = True
-    if ep.kind == "high" and not (ep.urgent_high_since is not None
-                                  and now - ep.urgent_high_since >= rules.urgent_high_for):
+    if ep.kind == "high" and not urgent_high_long_enough(user, ep, now):
         d.escalation = (f"call {'could not be placed' if call.outcome == UNPLACED else 'unanswered'}; a high is "
-                        f"passed to the contacts only above {rules.urgent_high_mgdl:g} mg/dL for "
-                        f"{rules.urgent_high_for / 60:g} minutes")
+                        f"passed to the contacts only {urgent_high_rule(user)}")
         return
     repeat = rules.urgent_contact_repeat if ep.urgent else rules.contact_repeat
     if ep.last_contacts_at is not None and now - ep.last_contacts_at < repeat:
@@ -556,6 +553,17 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
             ep.alerted.append([contact.phone, contact.channel])
     state = "could not be placed" if call.outcome == UNPLACED else "unanswered"
     d.escalation = f"call {state} ({call.detail or 'no answer'}): texting {len(user.contacts)} contact(s)"
+
+
+def urgent_high_long_enough(user: User, ep: Episode, at: float) -> bool:
+    """A high episode has been above the user's urgent high for their minutes by `at`."""
+    return ep.urgent_high_since is not None and at - ep.urgent_high_since >= user.urgent_high_minutes * 60.0
+
+
+def urgent_high_rule(user: User) -> str:
+    """'above 300 mg/dL for 60 minutes', in the user's units."""
+    return (f"above {format_value(user.urgent_high_mgdl, user.units)} {user.units} "
+            f"for {user.urgent_high_minutes} minutes")
 
 
 def addressed(heading: str, name: str) -> str:

@@ -98,9 +98,9 @@ def chart_json() -> tuple[Response, int] | Response:
     poll = recent_readings(user, now)
     body: dict[str, Any] = {
         "hours": hours, "units": user.units, "since": since, "now": now,
-        "low": float(format_value(user.low_mgdl, user.units)),
-        "high": float(format_value(user.high_mgdl, user.units)),
-        "urgentLow": float(format_value(user.urgent_low, user.units)),
+        "low": float(format_value(user.in_force(now).low_mgdl, user.units)),
+        "high": float(format_value(user.in_force(now).high_mgdl, user.units)),
+        "urgentLow": float(format_value(user.in_force(now).urgent_low, user.units)),
         "points": [], "problem": "",
         "markers": chart_markers(user, get_store().user_log(user.id, 500), since),
     }

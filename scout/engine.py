@@ -382,7 +382,7 @@ class Engine:
                 return None
             state, version = self.store.get_state(user.id)
             now = self.clock()
-            snooze = ack_snooze_for(state.episode, self.rules) if state.episode is not None else self.rules.ack_snooze
+            snooze = ack_snooze_for(state.episode, user, self.rules) if state.episode is not None else self.rules.ack_snooze
             decision = decide_reply(user, state, self.store.user_log(user.id), sender, channel, text, reply_key,
                                     now, round(snooze / 60))
             entries = [self._entry(user, action, now) for action in decision.actions]

@@ -17,12 +17,20 @@ from flask import Blueprint, flash, make_response, redirect, render_template, re
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
-from models import DEFAULT_URGENT_LOW_MGDL, MAX_EXTRA_CONTACTS, LogEntry, User
+from models import DEFAULT_URGENT_HIGH_MGDL, DEFAULT_URGENT_LOW_MGDL, MAX_EXTRA_CONTACTS, LogEntry, User
 from scout.config import Config
 from scout.context import address_policy, client_address, current_user_id, end_session, get_config, get_store, start_session
 from scout.logs import mask_text
 from scout.readings import MMOL_PER_MGDL, PollFailure, Readings
-from scout.settings_form import UNITS, credential_hint, default_thresholds, from_mgdl, normalize_phone, read_settings
+from scout.settings_form import (
+    UNITS,
+    credential_hint,
+    default_thresholds,
+    from_mgdl,
+    normalize_phone,
+    read_settings,
+    time_zones,
+)
 
 bp = Blueprint("pages", __name__)
 log = logging.getLogger("scout.pages")
@@ -100,6 +108,16 @@ def form_values(user: User) -> dict[str, Any]:
         "fast_drop_rate": f"{user.fast_drop_rate_mgdl * MMOL_PER_MGDL:.2f}".rstrip("0").rstrip(".")
         if user.units == "mmol/L" else f"{user.fast_drop_rate_mgdl:g}",
         "fast_drop_minutes": str(user.fast_drop_minutes),
+        "high_repeat_minutes": str(user.high_repeat_minutes),
+        "high_snooze_minutes": str(user.high_snooze_minutes),
+        "urgent_high": f"{from_mgdl(user.urgent_high_mgdl, user.units):g}",
+        "urgent_high_minutes": str(user.urgent_high_minutes),
+        "time_zone": user.time_zone,
+        "night_thresholds": user.night_thresholds,
+        "night_start": user.night_start,
+        "night_end": user.night_end,
+        "night_low": f"{from_mgdl(user.night_low_mgdl, user.units):g}",
+        "night_high": f"{from_mgdl(user.night_high_mgdl, user.units):g}",
     }
 
 
@@ -129,7 +147,11 @@ def submitted_values(user: User) -> dict[str, Any]:
         "nightscout_notes": form.get("nightscout_notes") == "1",
         "predict_low": form.get("predict_low") == "1",
         "fast_drop": form.get("fast_drop") == "1",
-        **{k: form.get(k, "") for k in ("predict_low_minutes", "fast_drop_rate", "fast_drop_minutes")},
+        **{k: form.get(k, "") for k in ("predict_low_minutes", "fast_drop_rate", "fast_drop_minutes",
+                                         "high_repeat_minutes", "high_snooze_minutes", "urgent_high",
+                                         "urgent_high_minutes", "night_start", "night_end", "night_low",
+                                         "night_high", "time_zone") if k in form},
+        "night_thresholds": form.get("night_thresholds") == "1",
         "emergency_channel": form.get("emergency_channel", "sms"),
         "extra_contacts": [
             {"phone": p, "channel": channels[i] if i < len(channels) else "sms", "name": names[i] if i < len(names) else ""}
@@ -144,8 +166,9 @@ def page_data(user: User, now: float) -> dict[str, Any]:
 
     return {
         "maxContacts": MAX_EXTRA_CONTACTS,
-        "defaults": {units: dict(zip(("low", "high", "urgent_low"),
-                                     (*default_thresholds(units), from_mgdl(DEFAULT_URGENT_LOW_MGDL, units)),
+        "defaults": {units: dict(zip(("low", "high", "urgent_low", "night_low", "night_high", "urgent_high"),
+                                     (*default_thresholds(units), from_mgdl(DEFAULT_URGENT_LOW_MGDL, units),
+                                      *default_thresholds(units), from_mgdl(DEFAULT_URGENT_HIGH_MGDL, units)),
                                      strict=True))
                      for units in UNITS},
         "mgdlPerMmol": 18.0,
@@ -164,7 +187,7 @@ def render_settings(user: User, values: dict[str, Any], errors: dict[str, str], 
     page = render_template(
         "settings.html", user=user, values=values, errors=errors, page_data=page_data(user, now), now=now,
         log=get_store().user_log(user.id, RECENT_LOG_ENTRIES), max_contacts=MAX_EXTRA_CONTACTS,
-        notes_status=notes_status(user),
+        notes_status=notes_status(user), time_zones=time_zones(),
     )
     return (page, status) if status != 200 else page
 
@@ -262,7 +285,7 @@ def describe_poll(poll: PollFailure | Readings, user: User, now: float) -> tuple
     if minutes > FRESH_READING_MINUTES:
         return (f"Scout reached your Nightscout, but its newest reading is old: {seen}. Scout never calls for a "
                 f"reading older than {FRESH_READING_MINUTES} minutes: check that your uploader is sending readings."), "error"
-    where, words = judge(user, latest.mgdl)
+    where, words = judge(user.in_force(now), latest.mgdl)
     if where == "in-range":
         return f"Nightscout works: {seen}, {words}.", "ok"
     return f"Nightscout works: {seen}. That is {words}: Scout would call you for it.", "warn"

@@ -7,14 +7,25 @@ row on the page (`extra_contacts-2` is the third row), so the message lands next
 from __future__ import annotations
 
 import math
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 import phonenumbers
 from phonenumbers import PhoneNumberType
 from werkzeug.datastructures import MultiDict
 
-from models import CHANNELS, DEFAULT_HIGH_MGDL, DEFAULT_LOW_MGDL, MAX_EXTRA_CONTACTS, Contact, User
+from models import (
+    CHANNELS,
+    DEFAULT_HIGH_MGDL,
+    DEFAULT_LOW_MGDL,
+    DEFAULT_TIME_ZONE,
+    MAX_EXTRA_CONTACTS,
+    Contact,
+    User,
+    minute_of_day,
+)
 from scout.nightscout import BadNightscoutURL, check_public_host, parse_site
 from scout.readings import MMOL_PER_MGDL
 
@@ -31,6 +42,12 @@ MAX_NAME_LENGTH = 60
 PREDICT_MINUTES_BOUNDS = (5, 30)  # AR2 means little further ahead (docs/design.md)
 FAST_DROP_RATE_BOUNDS = (1.0, 10.0)  # mg/dL a minute
 FAST_DROP_MINUTES_BOUNDS = (10, 30)
+# The cadence of highs, in minutes. A repeat under 5 minutes is the lows' rhythm (a call every
+# WAIT_AFTER_CALL); a snooze under 15 minutes would be shorter than a low's.
+HIGH_REPEAT_BOUNDS = (5, 240)
+HIGH_SNOOZE_BOUNDS = (15, 480)
+URGENT_HIGH_MINUTES_BOUNDS = (0, 240)  # 0: the contacts hear of the first unanswered call above it
+URGENT_HIGH_CEILING = 400.0  # mg/dL: above this Dexcom reads HIGH, which is always above the line
 
 
 @dataclass
@@ -160,7 +177,8 @@ def read_thresholds(form: Mapping[str, str], units: str, errors: dict[str, str])
     return values.get("low", 0.0), values.get("high", 0.0)
 
 
-def read_urgent_low(form: Mapping[str, str], units: str, low: float, saved: float, errors: dict[str, str]) -> float:
+def read_urgent_low(form: Mapping[str, str], units: str, low: float, saved: float, errors: dict[str, str],
+                    low_name: str = "your low threshold") -> float:
     """The urgent low (still calls during a pause): at least 40 mg/dL, never above the low
     threshold. An empty field keeps the saved value; so does the saved value shown back
     unchanged (3.1 mmol/L is 55 mg/dL shown, and must not come back as 56)."""
@@ -178,8 +196,125 @@ def read_urgent_low(form: Mapping[str, str], units: str, low: float, saved: floa
     top = low or LOW_BOUNDS[1]
     if not LOW_BOUNDS[0] <= value <= top:
         errors["urgent_low"] = (f"The urgent low must be between {from_mgdl(LOW_BOUNDS[0], units):g} {units} and "
-                                f"your low threshold, {from_mgdl(top, units):g} {units}.")
+                                f"{low_name}, {from_mgdl(top, units):g} {units}.")
     return value
+
+
+def read_value(form: Mapping[str, str], name: str, what: str, units: str, bounds: tuple[float, float],
+               errors: dict[str, str]) -> float:
+    """A glucose value typed in the user's units, in mg/dL, within `bounds` (mg/dL); NaN and
+    an error by the field otherwise."""
+    raw = (form.get(name) or "").strip().replace(",", ".")
+    try:
+        value = float(raw)
+    except ValueError:
+        errors[name] = f"Enter {what} as a number in {units}."
+        return math.nan
+    mgdl = to_mgdl(value, units) if math.isfinite(value) else math.nan
+    if not bounds[0] <= mgdl <= bounds[1]:  # NaN fails this too
+        lo, hi = from_mgdl(bounds[0], units), from_mgdl(bounds[1], units)
+        errors[name] = f"{what[0].upper()}{what[1:]} must be between {lo:g} and {hi:g} {units}."
+        return math.nan
+    return mgdl
+
+
+def read_clock(form: Mapping[str, str], name: str, what: str, errors: dict[str, str]) -> str:
+    """A local time of day as 'HH:MM' (24-hour)."""
+    raw = (form.get(name) or "").strip()
+    try:
+        minute = minute_of_day(raw)
+    except ValueError:
+        errors[name] = f"Enter {what} as a 24-hour time, e.g. 22:00 or 07:00."
+        return ""
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+@cache
+def time_zones() -> tuple[str, ...]:
+    """The named IANA zones a user can choose, sorted (Scout ships them in the tzdata package)."""
+    return tuple(sorted(zoneinfo.available_timezones()))
+
+
+def read_time_zone(form: Mapping[str, str], saved: str, errors: dict[str, str]) -> str:
+    """The user's IANA time zone; absent from the form keeps the saved one."""
+    if "time_zone" not in form:
+        return saved
+    name = (form.get("time_zone") or "").strip()
+    if name not in time_zones():
+        shown = name[:60] or "nothing"
+        errors["time_zone"] = (f"Choose your time zone from the list, by the city whose clocks you keep, e.g. "
+                               f"America/New_York ({shown!r} is not a time zone Scout knows).")
+        return saved
+    return name
+
+
+@dataclass(frozen=True)
+class NightSettings:
+    on: bool
+    start: str
+    end: str
+    low: float
+    high: float
+
+
+def read_night(form: Mapping[str, str], units: str, user: User, errors: dict[str, str]) -> NightSettings:
+    """The optional night thresholds. Left off, the saved window and values are kept."""
+    saved = NightSettings(False, user.night_start, user.night_end, user.night_low_mgdl, user.night_high_mgdl)
+    if form.get("night_thresholds") != "1":
+        return saved
+    start = read_clock(form, "night_start", "when your night starts", errors)
+    end = read_clock(form, "night_end", "when your night ends", errors)
+    if start and start == end:
+        errors["night_end"] = "The night must end at another time than it starts, e.g. 22:00 to 07:00."
+    low = read_value(form, "night_low", "the night low threshold", units, LOW_BOUNDS, errors)
+    high = read_value(form, "night_high", "the night high threshold", units, HIGH_BOUNDS, errors)
+    if low >= high:  # False if either is NaN (already refused)
+        errors["night_high"] = "The night high threshold must be above the night low threshold."
+    return NightSettings(True, start, end, low, high)
+
+
+@dataclass(frozen=True)
+class HighCadence:
+    repeat_minutes: int
+    snooze_minutes: int
+    urgent_high: float
+    urgent_minutes: int
+
+
+def _minutes_in(form: Mapping[str, str], name: str, saved: int, bounds: tuple[int, int], what: str,
+                errors: dict[str, str]) -> int:
+    """Whole minutes within `bounds`; a field absent from the form keeps the saved value."""
+    if name not in form:
+        return saved
+    raw = (form.get(name) or "").strip()
+    if not raw.isdigit() or not bounds[0] <= int(raw) <= bounds[1]:
+        errors[name] = f"Enter {what} as whole minutes between {bounds[0]} and {bounds[1]}."
+        return saved
+    return int(raw)
+
+
+def read_high_cadence(form: Mapping[str, str], units: str, user: User, highs: Sequence[float],
+                      errors: dict[str, str]) -> HighCadence:
+    """How often Scout calls about a high, and when the contacts hear of one. `highs` are the
+    high thresholds in use (day, and night if on): the urgent high must be above them."""
+    repeat = _minutes_in(form, "high_repeat_minutes", user.high_repeat_minutes, HIGH_REPEAT_BOUNDS,
+                         "how often Scout calls about a high", errors)
+    snooze = _minutes_in(form, "high_snooze_minutes", user.high_snooze_minutes, HIGH_SNOOZE_BOUNDS,
+                         "how long a 1 silences a high", errors)
+    minutes = _minutes_in(form, "urgent_high_minutes", user.urgent_high_minutes, URGENT_HIGH_MINUTES_BOUNDS,
+                          "how long above the urgent high before your contacts hear", errors)
+    urgent = user.urgent_high_mgdl
+    if "urgent_high" in form:
+        typed = read_value(form, "urgent_high", "the urgent high", units, (HIGH_BOUNDS[0], URGENT_HIGH_CEILING),
+                           errors)
+        unchanged = (form.get("urgent_high") or "").strip() == f"{from_mgdl(urgent, units):g}"
+        urgent = urgent if unchanged else typed  # 16.7 mmol/L shown for 300 must not come back as 301
+    top = max((h for h in highs if math.isfinite(h) and h), default=0.0)
+    if "urgent_high" not in errors and math.isfinite(urgent) and urgent <= top:
+        errors["urgent_high"] = (f"The urgent high must be above your high threshold "
+                                 f"({from_mgdl(top, units):g} {units}): it is the line where a high becomes "
+                                 "urgent enough to tell your contacts.")
+    return HighCadence(repeat, snooze, urgent, minutes)
 
 
 def read_nightscout(form: Mapping[str, str], allow_private: bool, errors: dict[str, str]) -> str:
@@ -281,7 +416,12 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
     extra = read_contacts(form.getlist("extra_contacts"), form.getlist("extra_channels"), region, errors, taken,
                           allowed_countries, form.getlist("extra_names"))
     low, high = read_thresholds(form, units, errors)
-    urgent_low = read_urgent_low(form, units, low, user.urgent_low_mgdl, errors)
+    night = read_night(form, units, user, errors)
+    lowest_low = min(low, night.low) if night.on and math.isfinite(night.low) else low
+    urgent_low = read_urgent_low(form, units, lowest_low, user.urgent_low_mgdl, errors,
+                                 "your night low threshold" if lowest_low < low else "your low threshold")
+    cadence = read_high_cadence(form, units, user, (high, night.high if night.on else 0.0), errors)
+    time_zone = read_time_zone(form, user.time_zone or DEFAULT_TIME_ZONE, errors)
     predict_minutes, fast, fast_rate, fast_minutes = read_forecast_options(form, units, user, errors)
     notes = form.get("nightscout_notes") == "1"
     if notes and not (token or secret):
@@ -308,5 +448,15 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
             fast_drop=fast,
             fast_drop_rate_mgdl=fast_rate,
             fast_drop_minutes=fast_minutes,
+            high_repeat_minutes=cadence.repeat_minutes,
+            high_snooze_minutes=cadence.snooze_minutes,
+            urgent_high_mgdl=cadence.urgent_high,
+            urgent_high_minutes=cadence.urgent_minutes,
+            time_zone=time_zone,
+            night_thresholds=night.on,
+            night_start=night.start,
+            night_end=night.end,
+            night_low_mgdl=night.low,
+            night_high_mgdl=night.high,
         )
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import AlertState, LogEntry, User
-from scout.alerts import Rules, ack_snooze_for
+from scout.alerts import Rules, ack_snooze_for, urgent_high_long_enough, urgent_high_rule
 from scout.readings import PollFailure, PollResult, Reading, format_value
 
 FRESH_SECONDS = 15 * 60  # older readings never trigger a call (DESIGN.md)
@@ -92,7 +92,7 @@ def reading_status(user: User, poll: PollResult | None, now: float) -> dict[str,
     latest = poll.latest
     if latest is None:
         return {"problem": "Your Nightscout has only CGM error codes: the sensor may be warming up or out of signal."}
-    where, words = judge(user, latest.mgdl)
+    where, words = judge(user.in_force(now), latest.mgdl)
     age = max(0, int((now - latest.at) // 60))
     fresh = now - latest.at <= FRESH_SECONDS
     return {
@@ -121,17 +121,15 @@ def alert_status(user: User, state: AlertState, log: list[LogEntry], now: float)
     if call is not None and call.outcome == "pending":
         headline, phase = "Calling you: waiting for you to press 1", "calling"
     elif call is not None and call.outcome == "acknowledged":
-        wait = ack_snooze_for(ep, Rules())
+        wait = ack_snooze_for(ep, user, Rules())
         again = f"{wait / 3600:g} hours" if wait >= 3600 else f"{wait / 60:g} minutes"
         headline, phase = f"You pressed 1: if you are still out of range, Scout calls again in {again}", "acknowledged"
         steps += _step(ep.acknowledged_at, "You pressed 1")
     elif call is not None:
-        rules = Rules()
-        told = ep.kind != "high" or (ep.urgent_high_since is not None
-                                     and call.placed_at - ep.urgent_high_since >= rules.urgent_high_for)
+        told = ep.kind != "high" or urgent_high_long_enough(user, ep, call.placed_at)
         headline = ("No 1 pressed: your contacts are told" if told else
-                    f"No 1 pressed: Scout calls again within {rules.high_repeat / 60:g} minutes; your contacts are "
-                    f"told of a high only above {rules.urgent_high_mgdl:g} mg/dL for {rules.urgent_high_for / 60:g} minutes")
+                    f"No 1 pressed: Scout calls again within {user.high_repeat_minutes} minutes; your contacts are "
+                    f"told of a high only {urgent_high_rule(user)}")
         phase = "unanswered"
         steps += _step(call.placed_at, f"Call not acknowledged ({call.detail or 'no answer'})")
     else:

@@ -71,7 +71,7 @@
     return String(Math.round(number * data.mgdlPerMmol));
   }
   units.addEventListener("change", function () {
-    ["low", "high", "urgent_low"].forEach(function (name) {
+    ["low", "high", "urgent_low", "night_low", "night_high", "urgent_high"].forEach(function (name) {
       var input = document.getElementById(name);
       var wasDefault = parseFloat(input.value) === data.defaults[previousUnits][name];
       input.value = wasDefault ? String(data.defaults[units.value][name]) : convert(input.value, previousUnits, units.value);

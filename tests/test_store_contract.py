@@ -282,6 +282,9 @@ def every_field_set() -> User:
         extra_contacts=(Contact("+14155552673", "sms", "Cy"), Contact("+14155552674", "whatsapp")),
         units="mmol/L", low_mgdl=72.0, high_mgdl=250.0, urgent_low_mgdl=50.0, paused_until=T0 + 3600,
         nightscout_notes=True, predict_low_minutes=20, fast_drop=True, fast_drop_rate_mgdl=2.5, fast_drop_minutes=20,
+        high_repeat_minutes=45, high_snooze_minutes=90, urgent_high_mgdl=320.0, urgent_high_minutes=0,
+        time_zone="Pacific/Auckland", night_thresholds=True, night_start="23:30", night_end="06:15",
+        night_low_mgdl=80.0, night_high_mgdl=270.0,
     )
     defaults = User(id="", email="")
     unset = [f.name for f in dataclasses.fields(User) if getattr(user, f.name) == getattr(defaults, f.name)]

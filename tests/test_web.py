@@ -183,7 +183,9 @@ def test_thresholds_are_shown_in_the_chosen_units(client: FlaskClient, auth: Dev
     save(client, units="mmol/L", low="3.9", high="13.3")
     page = client.get("/").get_data(as_text=True)
     assert 'name="low" type="text" inputmode="decimal" value="3.9"' in page and 'value="13.3"' in page
-    assert '"mmol/L": {"high": 13.3, "low": 3.9, "urgent_low": 3.1}' in page  # the script's data, as JSON
+    assert ('"mmol/L": {"high": 13.3, "low": 3.9, "night_high": 13.3, "night_low": 3.9, "urgent_high": 16.7, '
+            '"urgent_low": 3.1}') in page  # the script's data, as JSON
+    assert 'id="urgent_high" name="urgent_high" type="text" inputmode="decimal" value="16.7"' in page
 
 
 @pytest.mark.parametrize("low, high", [("nan", "240"), ("inf", "240"), ("70", "1e9"), ("-5", "240")])

@@ -197,6 +197,16 @@ def user_from_document(doc_id: str, data: dict[str, Any]) -> User:
         fast_drop=bool(data.get("fast_drop", User.fast_drop)),
         fast_drop_rate_mgdl=float(data.get("fast_drop_rate_mgdl") or User.fast_drop_rate_mgdl),
         fast_drop_minutes=int(data.get("fast_drop_minutes") or User.fast_drop_minutes),
+        high_repeat_minutes=int(data.get("high_repeat_minutes") or User.high_repeat_minutes),
+        high_snooze_minutes=int(data.get("high_snooze_minutes") or User.high_snooze_minutes),
+        urgent_high_mgdl=float(data.get("urgent_high_mgdl") or User.urgent_high_mgdl),
+        urgent_high_minutes=int(data.get("urgent_high_minutes", User.urgent_high_minutes) or 0),
+        time_zone=str(data.get("time_zone") or User.time_zone),
+        night_thresholds=bool(data.get("night_thresholds", User.night_thresholds)),
+        night_start=str(data.get("night_start") or User.night_start),
+        night_end=str(data.get("night_end") or User.night_end),
+        night_low_mgdl=float(data.get("night_low_mgdl") or User.night_low_mgdl),
+        night_high_mgdl=float(data.get("night_high_mgdl") or User.night_high_mgdl),
     )
 
 
@@ -223,6 +233,16 @@ def user_to_document(user: User, now: float) -> dict[str, Any]:
         "fast_drop": user.fast_drop,
         "fast_drop_rate_mgdl": user.fast_drop_rate_mgdl,
         "fast_drop_minutes": user.fast_drop_minutes,
+        "high_repeat_minutes": user.high_repeat_minutes,
+        "high_snooze_minutes": user.high_snooze_minutes,
+        "urgent_high_mgdl": user.urgent_high_mgdl,
+        "urgent_high_minutes": user.urgent_high_minutes,
+        "time_zone": user.time_zone,
+        "night_thresholds": user.night_thresholds,
+        "night_start": user.night_start,
+        "night_end": user.night_end,
+        "night_low_mgdl": user.night_low_mgdl,
+        "night_high_mgdl": user.night_high_mgdl,
         "updated_at": now,
     }
     if not is_tutorial_era(user):  # a tutorial-era user has no Google subject id yet
