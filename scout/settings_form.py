@@ -241,9 +241,9 @@ def read_time_zone(form: Mapping[str, str], saved: str, errors: dict[str, str]) 
         return saved
     name = (form.get("time_zone") or "").strip()
     if name not in time_zones():
-        shown = name[:60] or "nothing"
-        errors["time_zone"] = (f"Choose your time zone from the list, by the city whose clocks you keep, e.g. "
-                               f"America/New_York ({shown!r} is not a time zone Scout knows).")
+        known = f"Scout knows no time zone called {name[:60]}. " if name else ""
+        errors["time_zone"] = (f"{known}Choose your time zone from the list, by the city whose clocks you keep, "
+                               "e.g. America/New_York.")
         return saved
     return name
 
