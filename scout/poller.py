@@ -169,7 +169,11 @@ def needs_watching(user: User, poll: Readings, previous: AlertState) -> bool:
     latest = poll.latest
     if latest is None:  # only CGM error codes: nothing new about the value
         return previous.watch
-    near = latest.mgdl <= user.low_mgdl + WATCH_MARGIN_MGDL or latest.mgdl >= user.high_mgdl - WATCH_MARGIN_MGDL
+    # near either set of thresholds when the user has night ones: which is in force changes
+    # with the hour, and ordering by risk needs no clock
+    low = max(user.low_mgdl, user.night_low_mgdl) if user.night_thresholds else user.low_mgdl
+    high = min(user.high_mgdl, user.night_high_mgdl) if user.night_thresholds else user.high_mgdl
+    near = latest.mgdl <= low + WATCH_MARGIN_MGDL or latest.mgdl >= high - WATCH_MARGIN_MGDL
     delta = poll.delta
     falling = latest.direction in FALLING_FAST_DIRECTIONS or (delta is not None and delta <= -FALLING_FAST_MGDL_PER_5_MIN)
     return near or falling

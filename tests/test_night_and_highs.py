@@ -11,6 +11,7 @@ import pytest
 
 from models import AlertState, User
 from scout.alerts import Decision, Rules, decide, record_call_outcome
+from scout.poller import needs_watching
 from scout.readings import Reading, Readings
 from tests.conftest import make_user
 from tests.test_early_and_high import calls, high_night
@@ -240,3 +241,13 @@ def test_the_escalation_line_names_the_users_urgent_high_in_their_units(trace: T
     said = high_night(trace, 250, 0.2, units="mmol/L", urgent_high_mgdl=306.0, urgent_high_minutes=30,
                       high_repeat_minutes=5)
     assert any("only above 17.0 mmol/L for 30 minutes" in line for line in said)
+
+
+def test_a_user_near_their_night_thresholds_is_polled_among_the_first_at_any_hour() -> None:
+    # 95 is 25 above the day low of 70 (not near), 15 above the night low of 80 (near);
+    # 185 is near the night high of 200, not the day high of 240
+    for value in (95, 185):
+        poll = Readings((Reading(value, utc("2027-01-15 12:00"), "Flat"),))
+        assert needs_watching(make_user(time_zone="UTC", **NIGHT), poll, AlertState())
+        assert not needs_watching(make_user(time_zone="UTC", **{**NIGHT, "night_thresholds": False}), poll,
+                                  AlertState())
