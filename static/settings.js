@@ -80,6 +80,25 @@
     previousUnits = units.value;
   });
 
+  // The night window is read on the clocks of the chosen zone: when this browser's clocks are
+  // in another zone Scout knows, say so and offer it (never chosen without the person's click).
+  var zoneSelect = document.getElementById("time_zone");
+  var zoneHint = document.getElementById("browser-zone");
+  var browserZone = "";
+  try { browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { browserZone = ""; }
+  var known = Array.prototype.some.call(zoneSelect.options, function (option) { return option.value === browserZone; });
+  if (browserZone && known && browserZone !== zoneSelect.value) {
+    document.getElementById("browser-zone-text").textContent = "This device's clocks are set to " + browserZone + ".";
+    var useZone = document.getElementById("use-browser-zone");
+    useZone.textContent = "Use " + browserZone;
+    zoneHint.classList.remove("hide");
+    useZone.addEventListener("click", function () {
+      zoneSelect.value = browserZone;
+      zoneHint.classList.add("hide");
+      zoneSelect.focus();
+    });
+  }
+
   // After a refused save, the first field to correct gets the focus (and is scrolled to).
   var firstInvalid = document.querySelector("#settings [aria-invalid=true]");
   if (firstInvalid) {

@@ -129,3 +129,29 @@ def test_the_high_cadence_is_saved_and_an_urgent_high_under_the_high_is_refused_
                                  user.urgent_high_minutes) == (20, 90, 280.0, 20)
     check_accessibility(page, "settings-saved")
     assert page.console_errors == []
+
+
+def test_the_page_offers_the_devices_own_time_zone_and_chooses_it_only_when_asked(
+    browser: Any, live: LiveScout
+) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 800}, timezone_id="Europe/Paris")
+    tab = context.new_page()
+    tab.set_default_timeout(10_000)
+    tab.console_errors = []
+    tab.on("console", lambda m: m.type == "error" and tab.console_errors.append(m.text))
+    try:
+        sign_in_and_save(tab, live, "steady")
+        assert tab.get_by_label("Your time zone").input_value() == "UTC"  # nothing chosen behind the person's back
+        hint = tab.locator("#browser-zone")
+        assert hint.is_visible() and "This device's clocks are set to Europe/Paris." in hint.inner_text()
+        tab.get_by_role("button", name="Use Europe/Paris").click()
+        assert tab.get_by_label("Your time zone").input_value() == "Europe/Paris" and not hint.is_visible()
+        saved(tab)
+        tab.reload()
+        assert tab.get_by_label("Your time zone").input_value() == "Europe/Paris"
+        assert not tab.locator("#browser-zone").is_visible()  # the device agrees: nothing to offer
+        user = live.store.get_user(USER_ID)
+        assert user is not None and user.time_zone == "Europe/Paris"
+        assert tab.console_errors == []
+    finally:
+        context.close()
