@@ -552,7 +552,8 @@ class Poller:
 
         lag = asyncio.create_task(self._measure_loop_lag())
         async with open_async_session(self.connections + self.slow_connections,
-                                      allow_private=self.engine.allow_private) as session:
+                                      allow_private=self.engine.allow_private,
+                                      is_public=self.engine.is_public) as session:
             await asyncio.gather(*(main_fetcher(session, n) for n in range(min(self.connections, len(main)))),
                                  *(slow_fetcher(session) for _ in range(min(self.slow_connections, len(slow)))))
         lag.cancel()

@@ -31,7 +31,9 @@ from scout.poller import Poller
 from scout.store.sqlite import SqliteStore
 from scout.web import create_app
 from tests.conftest import make_user
+from tests.fake_providers import FakeProviders
 from tests.tasks_fixtures import QUEUE, AppEngineFront, CountingNightscout, Instance, TasksEmulator, wait_for
+from tests.telephony_setup import twilio_env
 
 SHARDS = 16
 
@@ -384,3 +386,36 @@ def test_a_shard_polls_its_user_at_risk_before_its_slow_lane_users(deployment: D
     # no slow user can be decided before their site answers, 3 s after their read began
     assert calls[0].created_at < first_slow_read + 3.0, (calls[0].created_at, first_slow_read)
     assert all(deployment.calls(user_id) == 0 for user_id in slow + fast)
+
+
+def test_the_shard_handler_reads_nightscout_under_the_apps_address_policy(tmp_path: Path,
+                                                                         fake: FakeProviders) -> None:
+    """Outside dev mode, the shard poller's Nightscout session takes the app's address policy
+    (here: 127.0.0.1 stands for a public site). Before, the session used the default policy,
+    which refuses loopback: every user of every shard failed with a refused address."""
+    nightscout = CountingNightscout()
+    db = str(tmp_path / "scout.sqlite3")
+    store = SqliteStore(db)
+    users = [make_user(nightscout.url(f"user{n}"), id=f"user{n}", email=f"user{n}@example.com") for n in range(4)]
+    for user in users:
+        store.save_user(user)
+    env = twilio_env(tmp_path, fake, SECRET_KEY="k" * 32, GOOGLE_CLIENT_ID="scout.apps.googleusercontent.com",
+                     SCOUT_DISPATCH="cloudtasks", SCOUT_TASKS_EMULATOR_HOST=f"127.0.0.1:{_closed_port()}",
+                     SCOUT_POLLER="off")
+    del env["SCOUT_DEV"]
+    config = load_config(env)
+    assert not config.dev
+    app = create_app(config)
+    app.extensions["scout_is_public"] = lambda address: address == "127.0.0.1"
+    started = time.time()
+    body = {"cycle": time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)), "shard": 0, "shards": 1,
+            "started_at": started}
+    try:
+        answer = app.test_client().post("/tasks/poll-shard", json=body,
+                                        headers={"X-AppEngine-QueueName": "scout-poll", "X-AppEngine-TaskName": "t"})
+    finally:
+        nightscout.stop()
+        store.close()
+    assert answer.status_code == 200, answer.text
+    assert answer.json == {"users": 4, "ok": 4, "failed": {}, "calls": 0, "messages": 0}
+    assert all(nightscout.reads[u.id] == 1 for u in users)
