@@ -252,13 +252,17 @@ class AlertState:
                        seen=list(self.seen))
 
 
+UNSENT_STATUSES = ("pending", "queued", "failed", "sending")  # a log entry not yet sent, nor given up
+
+
 @dataclass(frozen=True)
 class LogEntry:
     """One call or message, recorded before it is sent and updated after.
 
     `key` is unique per action, so the same alert is never recorded, or sent, twice.
-    `status`: pending (recorded, not yet sent), sent, failed (will be retried),
-    permanent (the provider refused it for good), expired (too old to retry).
+    `status`: pending (recorded, not yet sent), queued (recorded for a Cloud Tasks send
+    queue, which sends it through /tasks/send), sending (claimed by a sender), sent, failed
+    (will be retried), permanent (the provider refused it for good), expired (too old to retry).
     """
 
     key: str
@@ -281,7 +285,7 @@ class LogEntry:
 
     @property
     def claimable(self) -> bool:
-        return self.status in ("pending", "failed", "sending")
+        return self.status in UNSENT_STATUSES
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

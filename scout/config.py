@@ -22,6 +22,9 @@ DEFAULT_SESSION_MAX_AGE = 7 * 24 * 3600  # seconds a sign-in lasts at most
 DEFAULT_SHARDS = 16
 MAX_SHARDS = 1000
 DEFAULT_TASKS_QUEUE = "scout-poll"
+# Calls and messages can each go through a queue of their own, whose dispatch rate is the
+# provider's rate for them (providers limit calls and messages separately).
+SEND_QUEUE_VARIABLES = ("SCOUT_TASKS_CALL_QUEUE", "SCOUT_TASKS_MESSAGE_QUEUE")
 EMULATOR_PROJECT = "scout-local"  # the project and location names used with a local Cloud Tasks emulator
 EMULATOR_LOCATION = "local"
 DEFAULT_HISTORY_DAYS = 90
@@ -80,6 +83,10 @@ class Config:
     tasks_queue: str = ""  # projects/P/locations/L/queues/Q, with SCOUT_DISPATCH=cloudtasks
     tasks_service: str = ""  # the App Engine service the tasks go to; empty: the default service
     tasks_emulator_host: str = ""
+    # the send queues (projects/P/locations/L/queues/Q), empty: those sends leave from the
+    # process that recorded them, through its own pacer (scout.cloudtasks.SendTasks)
+    tasks_call_queue: str = ""
+    tasks_message_queue: str = ""
     history_days: int = DEFAULT_HISTORY_DAYS  # alert log entries older than this are deleted
     operator_name: str = ""  # who runs this Scout, shown on every page
     support_email: str = ""  # where its users write, shown on every page
@@ -231,6 +238,8 @@ class TasksSettings:
     queue: str = ""
     service: str = ""
     emulator_host: str = ""
+    call_queue: str = ""
+    message_queue: str = ""
 
 
 def _name(env: Mapping[str, str], name: str, default: str, pattern: str, example: str) -> str:
@@ -249,6 +258,10 @@ def _tasks_settings(env: Mapping[str, str]) -> TasksSettings:
     if shards > MAX_SHARDS:
         raise ConfigError(f"SCOUT_SHARDS must be at most {MAX_SHARDS}, got {shards}.")
     if dispatch == "embedded":
+        for name in SEND_QUEUE_VARIABLES:
+            if env.get(name, "").strip():
+                raise ConfigError(f"{name} is set but SCOUT_DISPATCH is not cloudtasks: the send queues are Cloud "
+                                  "Tasks queues; set SCOUT_DISPATCH=cloudtasks or unset it.")
         return TasksSettings(shards=shards)
     emulator = env.get("SCOUT_TASKS_EMULATOR_HOST", "").strip()
     if emulator and not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}", emulator):
@@ -264,8 +277,14 @@ def _tasks_settings(env: Mapping[str, str]) -> TasksSettings:
                           "location, e.g. us-central1 (see docs/deploy.md).")
     queue = _name(env, "SCOUT_TASKS_QUEUE", DEFAULT_TASKS_QUEUE, r"[A-Za-z0-9-]{1,100}", DEFAULT_TASKS_QUEUE)
     service = _name(env, "SCOUT_TASKS_SERVICE", "", r"[a-z0-9][a-z0-9-]{0,62}", "default")
-    return TasksSettings(dispatch, shards, f"projects/{project}/locations/{location}/queues/{queue}", service,
-                         emulator)
+    parent = f"projects/{project}/locations/{location}/queues/"
+    call_queue, message_queue = (_name(env, name, "", r"[A-Za-z0-9-]{1,100}", example)
+                                 for name, example in zip(SEND_QUEUE_VARIABLES, ("scout-calls", "scout-messages"), strict=True))
+    if queue in (call_queue, message_queue) or (call_queue and call_queue == message_queue):
+        raise ConfigError("SCOUT_TASKS_QUEUE, SCOUT_TASKS_CALL_QUEUE and SCOUT_TASKS_MESSAGE_QUEUE must name three "
+                          "different queues: each queue has its own dispatch rate (see docs/deploy.md).")
+    return TasksSettings(dispatch, shards, parent + queue, service, emulator,
+                         parent + call_queue if call_queue else "", parent + message_queue if message_queue else "")
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -442,6 +461,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         tasks_queue=tasks.queue,
         tasks_service=tasks.service,
         tasks_emulator_host=tasks.emulator_host,
+        tasks_call_queue=tasks.call_queue,
+        tasks_message_queue=tasks.message_queue,
         history_days=_int(env, "SCOUT_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, minimum=1),
         operator_name=env.get("SCOUT_OPERATOR_NAME", "").strip(),
         support_email=_support_email(env),

@@ -51,6 +51,7 @@ def get_engine() -> Engine:
     configured messenger, created on first use (never before a fork)."""
     engine = current_app.extensions.get("scout_engine")
     if engine is None:
+        from scout.cloudtasks import send_tasks_for
         from scout.engine import Engine
         from scout.poller import rules_from
         from scout.telephony import make_messenger
@@ -58,7 +59,7 @@ def get_engine() -> Engine:
         config = get_config()
         engine = Engine(store=get_store(), messenger=make_messenger(config), rules=rules_from(config),
                         allow_private=config.dev, nightscout_timeout=WEBHOOK_NIGHTSCOUT_TIMEOUT,
-                        is_public=address_policy())
+                        is_public=address_policy(), send_tasks=send_tasks_for(config))
         current_app.extensions["scout_engine"] = engine
     return engine
 

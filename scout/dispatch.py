@@ -77,4 +77,5 @@ def dispatch_cycle(queue: ShardQueue, started_at: float, shards: int,
 def shard_counts(results: list[UserResult]) -> dict[str, Any]:
     failed = Counter(r.reason for r in results if not r.ok)
     return {"users": len(results), "ok": sum(r.ok for r in results), "failed": dict(sorted(failed.items())),
-            "calls": sum(r.calls for r in results), "messages": sum(r.messages for r in results)}
+            "calls": sum(r.calls for r in results), "messages": sum(r.messages for r in results),
+            "queued": sum(r.queued for r in results)}  # handed to the send queues (scout.tasks sends them)

@@ -26,6 +26,7 @@ from scout.alerts import (
     record_call_outcome,
     record_call_placed,
 )
+from scout.cloudtasks import EnqueueError, SendTasks
 from scout.forecast import readings_wanted
 from scout.logs import mask_key, mask_phone, mask_text
 from scout.nightscout import CONNECT_TIMEOUT, READ_TIMEOUT, fetch_readings, is_public_address, post_treatment
@@ -38,6 +39,13 @@ from scout.telephony.http import RetryableTelephonyError
 log = logging.getLogger("scout.engine")
 
 CLAIM_HOLD = 90.0  # seconds an entry stays claimed by the process sending it
+# An entry claimed by one attempt of a send queue's task (/tasks/send) stays claimed this
+# long: longer than an attempt can live (gunicorn stops a worker after 30 s), so Cloud Tasks'
+# retry of an attempt that seems lost never sends beside it; after it, the retry sends.
+QUEUED_CLAIM_HOLD = 45.0
+# A send handed to a Cloud Tasks queue that has not been tried for this long (a queue paused,
+# or that gave the task up) is sent by the lease holder itself: no alert depends on the queue.
+QUEUED_GRACE = 120.0
 MESSAGE_RETRY_WINDOW = 30 * 60  # an unsent message older than this is no longer worth sending
 # A call is placed within this long of its decision or not at all: waiting its turn in
 # the send queue, or retried after a 429 or 5xx, but never later (the alert decision's
@@ -100,14 +108,16 @@ class UserResult:
     calls: int = 0
     messages: int = 0
     failed_sends: int = 0
+    queued: int = 0  # handed to a Cloud Tasks send queue, which sends them (scout.tasks)
     elapsed: float = 0.0
     decided_at: float = 0.0  # clock time the decision was made and recorded, before sending
 
     def line(self) -> str:
         sent = f" [calls {self.calls}, messages {self.messages}" + (
-            f", failed {self.failed_sends}]" if self.failed_sends else "]"
-        )
-        return f"{self.email}: {self.summary}" + (sent if self.calls or self.messages or self.failed_sends else "")
+            f", failed {self.failed_sends}" if self.failed_sends else "") + (
+            f", queued {self.queued}]" if self.queued else "]")
+        acted = self.calls or self.messages or self.failed_sends or self.queued
+        return f"{self.email}: {self.summary}" + (sent if acted else "")
 
 
 @dataclass
@@ -125,6 +135,9 @@ class Engine:
     # A message still failing after this many seconds of paced retries is left "failed"
     # for the next cycle: a provider outage must not hold a send thread for half an hour.
     message_budget: float = MESSAGE_SEND_BUDGET
+    # SCOUT_TASKS_CALL_QUEUE / SCOUT_TASKS_MESSAGE_QUEUE: recorded sends of those kinds are
+    # handed to Cloud Tasks, whose dispatch rate holds across every instance (scout.tasks)
+    send_tasks: SendTasks | None = None
 
     def fetch(self, user: User) -> PollResult:
         return fetch_readings(user, allow_private=self.allow_private, timeout=self.nightscout_timeout,
@@ -186,25 +199,47 @@ class Engine:
                 return decision, entries
         raise StoreUnavailable(f"the alert state of {user.email} kept changing; will try next cycle")
 
-    @staticmethod
-    def _entry(user: User, action: Action, now: float) -> LogEntry:
+    def _entry(self, user: User, action: Action, now: float) -> LogEntry:
+        # recorded as "queued" when a send queue will carry it: the lease holder's retry of
+        # unsent entries then leaves it to the queue (see retry_unsent)
+        queued = self.send_tasks is not None and bool(self.send_tasks.queue_for(action.kind))
         return LogEntry(
             key=action.key, user_id=user.id, kind=action.kind, purpose=action.purpose,
             recipient=action.recipient, body=action.text, created_at=now, urgency=action.urgency,
+            status="queued" if queued else "pending",
         )
 
     # --- sending ------------------------------------------------------------------
 
     def deliver(self, user: User, entries: list[LogEntry], poll: PollResult, result: UserResult) -> None:
         """The second half of `poll_user`: send recorded entries in order, counted in
-        `result`; a call whose outcome is known at once is acted on at once."""
+        `result`; a call whose outcome is known at once is acted on at once. An entry for a
+        send queue is handed to it instead, in the order given (most urgent first)."""
         for entry in entries:
+            if self.hand_off(entry, result):
+                continue
             outcome = self.send(entry, result)
             if outcome is not None:
                 # the call's outcome is already known (it failed, or it cannot be answered):
                 # apply it and decide again on the same readings, so the escalation follows now
                 self.apply_call_outcome(user, entry.key, *outcome, poll=poll, result=result)
         self.note_on_nightscout(user, notes_for(user, entries))
+
+    def hand_off(self, entry: LogEntry, result: UserResult | None = None) -> bool:
+        """Hand a recorded entry to its Cloud Tasks send queue; False when it has none, or the
+        queue did not take it: the caller then sends it here, through this process's pacer."""
+        if self.send_tasks is None or entry.status != "queued" or not self.send_tasks.queue_for(entry.kind):
+            return False
+        try:
+            enqueued = self.send_tasks.enqueue(entry.key, entry.kind)
+        except EnqueueError as exc:
+            log_action("queue_failed", entry, logging.WARNING, error=mask_text(str(exc)),
+                       then="sending it from this instance" + (", through its own pacer" if self.pacers else ""))
+            return False
+        log_action("queued", entry, **({} if enqueued else {"already_queued": True}))
+        if result is not None:
+            result.queued += 1
+        return True
 
     def send(self, entry: LogEntry, result: UserResult | None = None) -> tuple[str, str] | None:
         """Send one recorded entry if nobody else is sending it, at the paced rate and
@@ -237,13 +272,66 @@ class Engine:
                                       claimed_until=self.clock() + delay + CLAIM_HOLD)
                 self.sleep(delay)
             except TelephonyError as exc:
-                status = "permanent" if exc.permanent or claimed.kind == "call" else "failed"
-                self.store.update_log(claimed.key, status=status, error=f"{exc.code + ': ' if exc.code else ''}{exc}",
-                                      provider=self.messenger.name, claimed_until=0.0)
-                log_action("send_failed", claimed, logging.WARNING, status=status, attempt=claimed.attempts,
-                           error=mask_text(str(exc)))
-                result.failed_sends += 1
-                return (UNPLACED, f"the call could not be placed: {exc}") if claimed.kind == "call" else None
+                return self._refused(claimed, exc, result)
+
+    def _refused(self, claimed: LogEntry, exc: TelephonyError, result: UserResult) -> tuple[str, str] | None:
+        """The provider refused the send (not a 429 or 5xx): a call is never retried, and its
+        outcome is that it could not be placed; a message is retried unless refused for good."""
+        status = "permanent" if exc.permanent or claimed.kind == "call" else "failed"
+        self.store.update_log(claimed.key, status=status, error=f"{exc.code + ': ' if exc.code else ''}{exc}",
+                              provider=self.messenger.name, claimed_until=0.0)
+        log_action("send_failed", claimed, logging.WARNING, status=status, attempt=claimed.attempts,
+                   error=mask_text(str(exc)))
+        result.failed_sends += 1
+        return (UNPLACED, f"the call could not be placed: {exc}") if claimed.kind == "call" else None
+
+    def send_queued(self, key: str) -> tuple[bool, str]:
+        """One attempt at a send handed to a Cloud Tasks queue (POST /tasks/send). Returns
+        (done, what happened); not done asks Cloud Tasks to try again at the queue's pace.
+
+        Sent, refused for good, too old, or already sent by an earlier attempt: done. A 429 or
+        5xx from the provider is not done, and the entry goes back to "queued": Cloud Tasks'
+        retry is the backoff, and the queue's rate holds across every instance (no retries
+        here, which would send outside it). A call refused at once or not placed within its
+        window is acted on as "could not be placed", never as "did not answer"."""
+        entry = self.store.get_log(key)
+        if entry is None:
+            return True, "no such entry (deleted with its user's data)"
+        if not entry.claimable:
+            return True, f"already {entry.status}"
+        now = self.clock()
+        claimed = self.store.claim_log(key, now, QUEUED_CLAIM_HOLD)
+        if claimed is None:
+            latest = self.store.get_log(key)
+            if latest is None or not latest.claimable:
+                return True, f"already {latest.status if latest else 'deleted'}"
+            return False, "another attempt is sending it"
+        result = UserResult(claimed.user_id, "", ok=True)
+        window = self.call_window if claimed.kind == "call" else MESSAGE_RETRY_WINDOW
+        if now - claimed.created_at > window:
+            self.store.update_log(key, status="expired", error="not sent in time; not retried", claimed_until=0.0)
+            log_action("expired", claimed, logging.WARNING, age_s=round(now - claimed.created_at, 1))
+            if claimed.kind == "call":
+                self._give_up_call(claimed)
+            return True, "expired"
+        if claimed.kind == "call" and self._call_settled(claimed):
+            return True, "settled before it was placed"
+        try:
+            outcome = self._send_now(claimed, result)
+            what = "sent"
+        except RetryableTelephonyError as exc:
+            if self.clock() + backoff(claimed.attempts, exc.retry_after) >= claimed.created_at + window:
+                outcome, what = self._not_sent_in_window(claimed, exc, result), "not sent within its window"
+            else:
+                self.store.update_log(key, status="queued", error=f"{exc.code}: {exc}", claimed_until=0.0)
+                log_action("retrying", claimed, logging.WARNING, attempt=claimed.attempts, error=mask_text(str(exc)),
+                           by="the send queue")
+                return False, f"the provider is throttling or failing ({exc.code or exc.status}); retry at the queue's pace"
+        except TelephonyError as exc:
+            outcome, what = self._refused(claimed, exc, result), "refused"
+        if outcome is not None:
+            self._give_up_call(claimed, *outcome)
+        return True, what
 
     def _send_now(self, claimed: LogEntry, result: UserResult) -> tuple[str, str] | None:
         if claimed.kind == "call":
@@ -321,6 +409,8 @@ class Engine:
                 continue
             if entry.claimed_until > now:
                 continue
+            if entry.status == "queued" and now - max(entry.created_at, entry.updated_at) < QUEUED_GRACE:
+                continue  # its send queue has it
             result = UserResult(entry.user_id, "", ok=True)
             outcome = self.send(entry, result)
             if outcome is not None:
@@ -392,7 +482,8 @@ class Engine:
                     "outcome": decision.outcome}})
                 for entry in entries:
                     log_action("recorded", entry)
-                    self.send(entry)
+                    if not self.hand_off(entry):
+                        self.send(entry)
                 if decision.outcome == ACKNOWLEDGED:
                     self.note_on_nightscout(user, [Note(f"{reply_key}:note", "Note",
                                                         f"Scout: alert acknowledged by a text reply from "

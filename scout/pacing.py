@@ -10,7 +10,9 @@ behind repeat calls and all-clears.
 `SendQueue` runs whole jobs (one user's sends) on a few threads, most urgent first, so
 that the order holds even when far more users are waiting than there are threads.
 Both work in one process: with N processes sending, give each rate/N (see
-`SCOUT_CALLS_PER_SECOND` in docs).
+`SCOUT_CALLS_PER_SECOND` in docs). Across instances, the Cloud Tasks send queues hold one
+rate for all of them (scout.cloudtasks.SendTasks); these pacers then pace only what a
+process sends itself because a queue did not take it.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ import schedule
 
 from models import AlertState, CycleRecord, LogEntry, Store, StoreUnavailable, User, UserFeed
 from scout.alerts import Rules
-from scout.cloudtasks import ShardQueue
+from scout.cloudtasks import ShardQueue, send_tasks_for
 from scout.config import Config
 from scout.dispatch import dispatch_cycle, shard_of
 from scout.engine import Engine, UserResult
@@ -255,6 +255,7 @@ class CycleSummary:
             "calls": sum(r.calls for r in self.results) + self.retried_calls,
             "messages": sum(r.messages for r in self.results) + self.retried,
             "failed_sends": sum(r.failed_sends for r in self.results),
+            "queued": sum(r.queued for r in self.results),  # handed to the Cloud Tasks send queues
             "duration_s": round(self.duration, 3),
             **({"enqueued_shards": self.enqueued} if self.enqueued is not None else {}),
             "processes": len(self.processes) or 1,
@@ -343,6 +344,9 @@ class Poller:
             # each of the poller's processes sends its share of the provider's rate
             pacers=Pacers.for_rates(config.calls_per_second / self.processes,
                                     config.messages_per_second / self.processes),
+            # with send queues, Cloud Tasks paces the sends across every instance; the pacers
+            # above then pace only what this process sends itself (a queue that is down)
+            send_tasks=send_tasks_for(config),
         )
         self.clock = clock
         self._pruned_at = float("-inf")  # the history is pruned at the first cycle, then hourly
@@ -671,6 +675,8 @@ class Poller:
             self._feed.close()
         if self._shard_queue is not None:
             self._shard_queue.close()
+        if self.engine.send_tasks is not None:
+            self.engine.send_tasks.close()
 
 
 class PartitionWorker:

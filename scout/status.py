@@ -205,7 +205,7 @@ def call_outcome(entry: LogEntry) -> str:
     if outcome.startswith("unanswered"):
         detail = outcome.split(":", 1)[1].strip() if ":" in outcome else ""
         return "no answer" + (f" ({detail})" if detail and detail not in ("no-answer", "no answer") else "")
-    return "waiting for an answer" if entry.status in ("pending", "sending", "sent") else entry.status
+    return "waiting for an answer" if entry.status in ("pending", "queued", "sending", "sent") else entry.status
 
 
 def episodes(log: list[LogEntry]) -> list[EpisodeHistory]:

@@ -1,7 +1,13 @@
-"""The routes only Cloud Tasks calls (SCOUT_DISPATCH=cloudtasks): POST /tasks/poll-shard
-polls one shard of users for the cycle that enqueued it (scout.dispatch), risk first, through
-the poller's own path (scout.poller.Poller.poll_users): users at risk first, then sites that
-answered fast last cycle, slow and failing sites in their own lane.
+"""The routes only Cloud Tasks calls (SCOUT_DISPATCH=cloudtasks):
+
+- POST /tasks/poll-shard polls one shard of users for the cycle that enqueued it
+  (scout.dispatch), risk first, through the poller's own path (scout.poller.Poller.poll_users):
+  users at risk first, then sites that answered fast last cycle, slow and failing sites in
+  their own lane;
+- POST /tasks/send makes one attempt at one recorded call or message handed to a send queue
+  (SCOUT_TASKS_CALL_QUEUE, SCOUT_TASKS_MESSAGE_QUEUE), through the engine's send path. It
+  answers 200 when the send is settled (sent, refused for good, too old, or sent before) and
+  503 when the provider throttled or failed, so that Cloud Tasks retries it at the queue's pace.
 
 Only Cloud Tasks may call /tasks/...: App Engine removes X-AppEngine-* headers from requests
 that come from outside, so a request that carries X-AppEngine-QueueName came through a task
@@ -17,10 +23,11 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from models import StoreUnavailable
-from scout.cloudtasks import ShardTask
+from scout.cloudtasks import SendTask, ShardTask
 from scout.config import Config
-from scout.context import address_policy, get_config, get_store
+from scout.context import address_policy, get_config, get_engine, get_store
 from scout.dispatch import shard_counts
+from scout.logs import mask_key
 from scout.poller import Poller
 from scout.telephony import make_messenger
 
@@ -38,21 +45,25 @@ def _refusal(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
-def _from_our_queue(config: Config) -> bool:
-    """The request came through this app's shard queue. App Engine sets the short queue name;
-    the Cloud Tasks emulator sets the queue's full path."""
+def _from_our_queue(*queues: str) -> bool:
+    """The request came through one of these queues of this app. App Engine sets the short
+    queue name; the Cloud Tasks emulator sets the queue's full path."""
     sent = request.headers.get(QUEUE_HEADER, "")
-    short_name = config.tasks_queue.rsplit("/", 1)[-1]
-    return bool(request.headers.get(TASK_HEADER)) and sent in (short_name, config.tasks_queue)
+    names = {name for queue in queues if queue for name in (queue, queue.rsplit("/", 1)[-1])}
+    return bool(request.headers.get(TASK_HEADER)) and sent in names
+
+
+def _not_from(*queues: str) -> tuple[Response, int]:
+    log.warning("refused %s from %s: no %s header of queue %s", request.path, request.remote_addr, QUEUE_HEADER,
+                " or ".join(queue.rsplit("/", 1)[-1] for queue in queues if queue) or "(none configured)")
+    return _refusal(403, "Only Scout's Cloud Tasks queue may call this.")
 
 
 @bp.post("/poll-shard")
 def poll_shard() -> tuple[Response, int]:
     config = get_config()
-    if not _from_our_queue(config):
-        log.warning("refused %s from %s: no %s header of queue %s", request.path, request.remote_addr,
-                    QUEUE_HEADER, config.tasks_queue.rsplit("/", 1)[-1])
-        return _refusal(403, "Only Scout's Cloud Tasks queue may call this.")
+    if not _from_our_queue(config.tasks_queue):
+        return _not_from(config.tasks_queue)
     try:
         task = ShardTask.from_body(request.get_json(force=True, silent=True))
     except ValueError as exc:
@@ -74,6 +85,28 @@ def poll_shard() -> tuple[Response, int]:
         "event": "shard", "cycle": task.cycle, "shard": task.shard, "shards": task.shards,
         "retry": request.headers.get(RETRY_HEADER, "0"), **counts}})
     return jsonify(counts), 200
+
+
+@bp.post("/send")
+def send() -> tuple[Response, int]:
+    config = get_config()
+    queues = (config.tasks_call_queue, config.tasks_message_queue)
+    if not _from_our_queue(*queues):
+        return _not_from(*queues)
+    try:
+        task = SendTask.from_body(request.get_json(force=True, silent=True))
+    except ValueError as exc:
+        log.error("refused a send task: %s", exc)
+        return _refusal(400, f"Not a send task: {exc}.")
+    try:
+        done, what = get_engine().send_queued(task.key)
+    except StoreUnavailable as exc:
+        log.error("send %s failed: %s; Cloud Tasks will retry it", mask_key(task.key), exc)
+        return _refusal(503, f"The store is unavailable: {exc}")
+    log.info("send task %s: %s", "done" if done else "to retry", what, extra={"fields": {
+        "event": "send_task", "key": mask_key(task.key), "done": done, "what": what,
+        "queue": request.headers.get(QUEUE_HEADER, ""), "retry": request.headers.get(RETRY_HEADER, "0")}})
+    return jsonify({"done": done, "what": what}), 200 if done else 503
 
 
 def _cycle_period(config: Config) -> float:

@@ -1,9 +1,12 @@
 """Real parts for the Cloud Tasks tests (tests/test_dispatch.py), all on 127.0.0.1:
 
 - `TasksEmulator`: gcloud-tasks-emulator, in its own venv (scripts/test-deps.sh), with the
-  shard queue created;
+  shard queue (and the send queues, when asked) created. It dispatches each queue's tasks
+  one at a time and ignores queue rates: what it shows is who sends, and how often, not at
+  what pace;
 - `AppEngineFront`: stands in for App Engine's front end. Its task port spreads the
-  emulator's requests over the instances, round robin, skipping instances that are gone,
+  emulator's requests for each route over the instances, round robin, skipping instances
+  that are gone,
   and answers 502 when an instance dies mid-request (as App Engine does, so Cloud Tasks
   retries). Its public port does the same for "outside" requests, but first removes every
   X-AppEngine-* header, as App Engine does for requests from the internet;
@@ -37,6 +40,8 @@ from tests.test_deployment import free_port
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_PYTHON = ROOT / ".venv" / "tasks-emulator" / "bin" / "python"
 QUEUE = "projects/scout-local/locations/local/queues/scout-poll"
+CALL_QUEUE = "projects/scout-local/locations/local/queues/scout-calls"
+MESSAGE_QUEUE = "projects/scout-local/locations/local/queues/scout-messages"
 HOP_BY_HOP = {"connection", "host", "content-length", "transfer-encoding", "keep-alive"}
 
 
@@ -49,7 +54,8 @@ def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.1) -
 
 
 class TasksEmulator:
-    def __init__(self, log_path: Path, target_port: int, max_retries: int = 10) -> None:
+    def __init__(self, log_path: Path, target_port: int, max_retries: int = 10,
+                 queues: tuple[str, ...] = (QUEUE,)) -> None:
         if not EMULATOR_PYTHON.exists():
             raise AssertionError("the Cloud Tasks emulator is not installed: run `bash scripts/test-deps.sh`")
         self.port = free_port()
@@ -58,7 +64,7 @@ class TasksEmulator:
         self.log = log_path.open("w")
         self.process = subprocess.Popen(
             [str(EMULATOR_PYTHON), str(ROOT / "tests" / "tasks_emulator" / "serve.py"), str(self.port),
-             str(target_port), QUEUE, str(max_retries)],
+             str(target_port), ",".join(queues), str(max_retries)],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: "Starting API server" in self.output() or self.process.poll() is not None, 30,
                  "the Cloud Tasks emulator to start")
@@ -84,6 +90,9 @@ class Forwarded:
     retry: str
     instance: int
     status: int
+    path: str = ""
+    queue: str = ""  # X-AppEngine-QueueName
+    answer: bytes = b""  # the instance's answer
 
 
 class AppEngineFront:
@@ -91,7 +100,7 @@ class AppEngineFront:
         self.instances: list[str] = []  # base URLs
         self.forwarded: list[Forwarded] = []
         self.in_flight: Counter[int] = Counter()
-        self._turn = itertools.count()
+        self._turns: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
         self.task_port = self._serve(strip_app_engine_headers=False)
         self.public_port = self._serve(strip_app_engine_headers=True)
@@ -119,10 +128,13 @@ class AppEngineFront:
         headers = {k: v for k, v in incoming.headers.items() if k.lower() not in HOP_BY_HOP
                    and not (strip and k.lower().startswith("x-appengine-"))}
         sent = {k.lower(): v for k, v in headers.items()}
-        sent = {name: sent.get(name.lower(), "") for name in ("X-AppEngine-TaskName", "X-AppEngine-TaskRetryCount")}
+        sent = {name: sent.get(name.lower(), "") for name in ("X-AppEngine-TaskName", "X-AppEngine-TaskRetryCount",
+                                                              "X-AppEngine-QueueName")}
         status, answer = 503, b"no instance is serving"
+        with self._lock:
+            turn = self._turns.setdefault(incoming.path, itertools.count())
         for _ in range(len(self.instances)):
-            index = next(self._turn) % len(self.instances)
+            index = next(turn) % len(self.instances)
             host, port = self.instances[index].rsplit("/", 1)[-1].split(":")
             connection = http.client.HTTPConnection(host, int(port), timeout=60)
             with self._lock:
@@ -141,7 +153,8 @@ class AppEngineFront:
                     self.in_flight[index] -= 1
             with self._lock:
                 self.forwarded.append(Forwarded(sent.get("X-AppEngine-TaskName", ""),
-                                                sent.get("X-AppEngine-TaskRetryCount", ""), index, status))
+                                                sent.get("X-AppEngine-TaskRetryCount", ""), index, status,
+                                                incoming.path, sent.get("X-AppEngine-QueueName", ""), answer))
             break
         incoming.send_response(status)
         incoming.send_header("Content-Length", str(len(answer)))

@@ -41,12 +41,12 @@ SHARDS = 16
 class Deployment:
     """The emulator, the front, the instances and the Nightscout sites of one test."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, queues: tuple[str, ...] = (QUEUE,), max_retries: int = 10) -> None:
         self.tmp_path = tmp_path
         self.db = str(tmp_path / "scout.sqlite3")
         self.nightscout = CountingNightscout()
         self.front = AppEngineFront()
-        self.emulator = TasksEmulator(tmp_path / "emulator.log", self.front.task_port)
+        self.emulator = TasksEmulator(tmp_path / "emulator.log", self.front.task_port, max_retries, queues)
         self.instances: list[Instance] = []
         self.env = {"SCOUT_DEV": "1", "SECRET_KEY": "test-secret", "SCOUT_DB": self.db, "SCOUT_POLLER": "off",
                     "SCOUT_DISPATCH": "cloudtasks", "SCOUT_SHARDS": str(SHARDS),
@@ -417,5 +417,5 @@ def test_the_shard_handler_reads_nightscout_under_the_apps_address_policy(tmp_pa
         nightscout.stop()
         store.close()
     assert answer.status_code == 200, answer.text
-    assert answer.json == {"users": 4, "ok": 4, "failed": {}, "calls": 0, "messages": 0}
+    assert answer.json == {"users": 4, "ok": 4, "failed": {}, "calls": 0, "messages": 0, "queued": 0}
     assert all(nightscout.reads[u.id] == 1 for u in users)

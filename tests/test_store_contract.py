@@ -196,6 +196,18 @@ def test_unsent_entries_of_every_user_come_in_one_list_oldest_first(each_store: 
     assert [e.key for e in each_store.unsent_log()] == ["sub-ana:1", "sub-bo:0"]
 
 
+def test_an_entry_recorded_for_a_send_queue_is_unsent_and_claimable_until_sent(each_store: Any) -> None:
+    """A "queued" entry (handed to a Cloud Tasks send queue) is listed with the unsent ones,
+    so the lease holder can send it if the queue never does, and one claim takes it."""
+    assert each_store.commit("sub-ana", None, 0, [entry("sub-ana:q", status="queued"), entry("sub-ana:p", created_at=T0 + 1)])
+    assert [(e.key, e.status) for e in each_store.unsent_log()] == [("sub-ana:q", "queued"), ("sub-ana:p", "pending")]
+    claimed = each_store.claim_log("sub-ana:q", T0 + 10, 45)
+    assert claimed is not None and (claimed.status, claimed.attempts, claimed.claimed_until) == ("sending", 1, T0 + 55)
+    assert each_store.claim_log("sub-ana:q", T0 + 11, 45) is None
+    each_store.update_log("sub-ana:q", status="sent", claimed_until=0.0)
+    assert [e.key for e in each_store.unsent_log()] == ["sub-ana:p"]
+
+
 def test_updating_an_unknown_log_key_does_nothing(each_store: Any) -> None:
     each_store.update_log("missing", status="sent")
     assert each_store.get_log("missing") is None

@@ -47,6 +47,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from models import (
     CHANNELS,
+    UNSENT_STATUSES,
     AlertState,
     Contact,
     CycleRecord,
@@ -72,7 +73,6 @@ WRITE_GUARDS = "write_guards"
 ABUSE_LIMITS = "abuse_limits"
 SESSIONS = "sessions"
 
-UNSENT_STATUSES = ["pending", "failed", "sending"]
 GUARD_LIFETIME = dt.timedelta(days=7)  # a TTL policy on `expire_at` deletes guards after this
 MAX_BATCH_WRITES = 500  # Firestore's limit on the writes of one commit
 MAX_IN_VALUES = 30  # Firestore's limit on the values of one `in` filter
@@ -658,7 +658,7 @@ class FirestoreStore:
     def unsent_log(self) -> list[LogEntry]:
         """Every entry not yet sent, of all users, oldest first: one query per cycle
         (sorted here, so the query needs no composite index)."""
-        query = self.collection(ALERT_LOG).where(filter=FieldFilter("status", "in", UNSENT_STATUSES))
+        query = self.collection(ALERT_LOG).where(filter=FieldFilter("status", "in", list(UNSENT_STATUSES)))
         return sorted(self._entries(query, "read the unsent alerts"), key=lambda e: e.created_at)
 
     # --- the poller lease and cycle records ----------------------------------------------

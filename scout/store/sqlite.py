@@ -351,7 +351,7 @@ class SqliteStore:
     def unsent_log(self) -> list[LogEntry]:
         """Every entry not yet sent, of all users, oldest first: one query per cycle."""
         return self._entries(
-            "SELECT data FROM alert_log WHERE status IN ('pending', 'failed', 'sending') ORDER BY created_at", ()
+            "SELECT data FROM alert_log WHERE status IN ('pending', 'queued', 'failed', 'sending') ORDER BY created_at", ()
         )
 
     # lease and cycles

@@ -1,6 +1,7 @@
 """Start gcloud-tasks-emulator for Scout's tests, listening on 127.0.0.1 only.
 
-Run with the emulator's own venv: python serve.py API_PORT TARGET_PORT QUEUE_PATH MAX_RETRIES
+Run with the emulator's own venv: python serve.py API_PORT TARGET_PORT QUEUE_PATHS MAX_RETRIES
+(QUEUE_PATHS: one or more full queue paths, separated by commas; MAX_RETRIES -1: no limit)
 
 The emulator's own `start` command listens on every interface ([::]); the tests only ever
 use loopback, so the gRPC port is bound to 127.0.0.1 here. Everything else is the
@@ -14,7 +15,7 @@ import sys
 import grpc
 from gcloud_tasks_emulator import server
 
-api_port, target_port, queue, max_retries = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+api_port, target_port, queues, max_retries = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), int(sys.argv[4])
 make_grpc_server = grpc.server
 
 
@@ -28,4 +29,4 @@ def loopback_grpc_server(*args, **kwargs):
 server.grpc.server = loopback_grpc_server
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 print("emulator starting", flush=True)
-server.create_server("127.0.0.1", int(api_port), "127.0.0.1", target_port, [queue], max_retries).run()
+server.create_server("127.0.0.1", int(api_port), "127.0.0.1", target_port, queues, max_retries).run()
