@@ -202,13 +202,21 @@ def test_a_shard_whose_instance_dies_mid_poll_is_retried_on_another_and_alerts_o
         assert deployment.calls(user.id) == (1 if user.id in deployment.nightscout.low else 0), user.id
 
 
+def saved_users(store: SqliteStore, nightscout: CountingNightscout, count: int, first_phone: int = 0) -> list[User]:
+    """`count` users user0, user1... each on their own site; with `first_phone`, each with a
+    phone number of their own from +1415555<first_phone>."""
+    users = [make_user(nightscout.url(f"user{n}"), id=f"user{n}", email=f"user{n}@example.com",
+                       **({"phone": f"+1415555{first_phone + n:04d}"} if first_phone else {})) for n in range(count)]
+    for user in users:
+        store.save_user(user)
+    return users
+
+
 def test_shards_cloud_tasks_cannot_take_are_polled_by_the_lease_holder(tmp_path: Path) -> None:
     nightscout = CountingNightscout()
     db = str(tmp_path / "scout.sqlite3")
     store = SqliteStore(db)
-    users = [make_user(nightscout.url(f"user{n}"), id=f"user{n}", email=f"user{n}@example.com") for n in range(20)]
-    for user in users:
-        store.save_user(user)
+    users = saved_users(store, nightscout, 20)
     nowhere = f"127.0.0.1:{_closed_port()}"  # Cloud Tasks is down
     config = load_config({"SCOUT_DEV": "1", "SECRET_KEY": "x", "SCOUT_DB": db, "SCOUT_DISPATCH": "cloudtasks",
                           "SCOUT_SHARDS": "4", "SCOUT_TASKS_EMULATOR_HOST": nowhere})
@@ -396,9 +404,7 @@ def test_the_shard_handler_reads_nightscout_under_the_apps_address_policy(tmp_pa
     nightscout = CountingNightscout()
     db = str(tmp_path / "scout.sqlite3")
     store = SqliteStore(db)
-    users = [make_user(nightscout.url(f"user{n}"), id=f"user{n}", email=f"user{n}@example.com") for n in range(4)]
-    for user in users:
-        store.save_user(user)
+    users = saved_users(store, nightscout, 4)
     env = twilio_env(tmp_path, fake, SECRET_KEY="k" * 32, GOOGLE_CLIENT_ID="scout.apps.googleusercontent.com",
                      SCOUT_DISPATCH="cloudtasks", SCOUT_TASKS_EMULATOR_HOST=f"127.0.0.1:{_closed_port()}",
                      SCOUT_POLLER="off")

@@ -37,7 +37,7 @@ from tests.conftest import make_user
 from tests.fake_providers import FakeProviders, _throttled_body
 from tests.tasks_fixtures import CALL_QUEUE, MESSAGE_QUEUE, QUEUE, CountingNightscout, Forwarded, wait_for
 from tests.telephony_setup import twilio_env, vonage_env
-from tests.test_dispatch import Deployment, _closed_port, run_cycle  # the fake provider: tests.telephony_setup
+from tests.test_dispatch import Deployment, _closed_port, run_cycle, saved_users  # the fake provider: tests.telephony_setup
 
 SEND_KINDS = ("call", "sms", "whatsapp")
 REFUSED_NUMBER = "The 'To' number is not a valid phone number."
@@ -237,10 +237,7 @@ def test_with_the_send_queue_down_the_poller_sends_itself_and_says_so(
         tmp_path: Path, fake: FakeProviders, caplog: pytest.LogCaptureFixture) -> None:
     nightscout = CountingNightscout()
     store = SqliteStore(str(tmp_path / "scout.sqlite3"))
-    users = [make_user(nightscout.url(f"user{n}"), id=f"user{n}", email=f"user{n}@example.com",
-                       phone=f"+1415555{4000 + n:04d}") for n in range(6)]
-    for user in users:
-        store.save_user(user)
+    users = saved_users(store, nightscout, 6, first_phone=4000)
     nightscout.low.update(u.id for u in users[:3])
     nowhere = f"127.0.0.1:{_closed_port()}"  # Cloud Tasks is down
     config = load_config(twilio_env(tmp_path, fake, SCOUT_DISPATCH="cloudtasks", SCOUT_SHARDS="2",
