@@ -106,6 +106,9 @@ class FakeProviders:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._held_api: str | None = None  # see hold_next
+        self.held = threading.Event()
+        self.release = threading.Event()
         self._accepted: dict[str, list[float]] = {}
         self._server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
         self._server.daemon_threads = True
@@ -123,6 +126,7 @@ class FakeProviders:
         return self
 
     def stop(self) -> None:
+        self.release.set()
         if self._thread is not None:  # shutdown() waits for serve_forever, so only when it runs
             self._server.shutdown()
             self._thread.join(5)
@@ -147,6 +151,24 @@ class FakeProviders:
         rest 429 with Retry-After, as Vonage does beyond 3 call creations per second."""
         with self._lock:
             self.rate_limits[api] = per_second
+
+    def hold_next(self, api: str) -> None:
+        """Hold the next request to `api` until `release` is set, then drop its connection
+        without an answer and without acting on it (status 0): a request the provider never
+        completed, e.g. because the sender died while it was on its way."""
+        with self._lock:
+            self._held_api = api
+        self.held.clear()
+        self.release.clear()
+
+    def _hold(self, api: str) -> bool:
+        with self._lock:
+            if self._held_api != api:
+                return False
+            self._held_api = None
+        self.held.set()
+        self.release.wait(120)
+        return True
 
     def throttled(self, api: str | None = None) -> list[Recorded]:
         """The requests answered 429."""
@@ -250,6 +272,11 @@ def _handler_for(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             recorded = Recorded(_classify(self.command, path), self.command, self.path,
                                 {k.lower(): v for k, v in self.headers.items()}, body)
+            if fake._hold(recorded.api):
+                with fake._lock:
+                    fake.requests.append(recorded)  # status 0: dropped, never acted on
+                self.close_connection = True
+                return
             status, answer = fake._answer(recorded)
             recorded.status, recorded.answer = status, answer
             if fake.echo:

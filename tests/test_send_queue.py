@@ -31,6 +31,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 from models import UNSENT_STATUSES, LogEntry, User
 from scout.cloudtasks import send_task_id, send_tasks_for
 from scout.config import ConfigError, load_config
+from scout.engine import QUEUED_CLAIM_HOLD
 from scout.poller import Poller
 from scout.store.sqlite import SqliteStore
 from tests.conftest import make_user
@@ -204,6 +205,45 @@ def test_a_send_whose_instance_is_killed_mid_request_is_retried_on_another_and_s
     assert (attempts[-1].status, attempts[-1].instance) == (200, 1 - dying)
     assert [f.status for f in attempts].count(200) == 1
     assert [r.recipient for r in fake.answered("twilio.calls")] == [user.phone]
+
+
+def test_a_send_killed_after_its_claim_is_held_back_for_the_claim_then_sent_once(
+        tmp_path: Path, fake: FakeProviders) -> None:
+    """The instance dies while its call request is on the way to the provider, which never
+    completes it. The entry stays claimed by the dead attempt for QUEUED_CLAIM_HOLD: Cloud
+    Tasks' retries meanwhile answer 503 (an attempt that only seemed lost must not be doubled),
+    and the first retry after it places the call."""
+    sending = SendDeployment(tmp_path, fake, max_retries=-1)
+    try:
+        sending.start_instances(2)
+        (user,), _ = sending.add_low_and_fine(low=1, fine=1)
+        fake.hold_next("twilio.calls")
+        poller = sending.lease_holder()
+        try:
+            run_cycle(sending, poller)
+        finally:
+            poller.close()
+        assert fake.held.wait(60), "the call request never reached the provider"
+        killed_at = time.time()
+        dying = next(index for index, count in sending.front.in_flight.items() if count)
+        sending.instances[dying].kill()
+        fake.release.set()
+        wait_for(lambda: sending.settled(1), QUEUED_CLAIM_HOLD + 60, "the call to be placed after the claim")
+        time.sleep(0.5)
+    finally:
+        sending.stop()
+    (call,) = [e for e in sending.sends() if e.kind == "call"]
+    assert call.status == "sent" and call.attempts == 2  # the dead attempt's claim, then the one that sent
+    assert call.updated_at - killed_at >= QUEUED_CLAIM_HOLD - 5  # not before the dead attempt's claim ran out
+    attempts = [f for f in sending.send_tasks() if f.task == send_task_id(call.key)]
+    assert attempts[0].status == 502 and attempts[0].instance == dying
+    held_back = [json.loads(f.answer)["what"] for f in attempts[1:-1]]
+    assert held_back and set(held_back) == {"another attempt is sending it"}
+    assert {f.status for f in attempts[1:-1]} == {503} and attempts[-1].status == 200
+    assert [r.status for r in fake.received("twilio.calls")] == [0, 201]  # dropped, then placed once
+    assert [r.recipient for r in fake.answered("twilio.calls")] == [user.phone]
+    state, _ = sending.store.get_state(user.id)
+    assert state.episode is not None and state.episode.call is not None and state.episode.call.outcome == "pending"
 
 
 def test_outside_requests_to_the_send_route_are_refused(sending: SendDeployment, fake: FakeProviders) -> None:
