@@ -294,28 +294,35 @@ class Engine:
         retry is the backoff, and the queue's rate holds across every instance (no retries
         here, which would send outside it). A call refused at once or not placed within its
         window is acted on as "could not be placed", never as "did not answer"."""
+        claimed = self._claim_queued(key)
+        if not isinstance(claimed, LogEntry):
+            return claimed
+        if self._expired(claimed, self.clock() - claimed.created_at):
+            return True, "expired"
+        if claimed.kind == "call" and self._call_settled(claimed):
+            return True, "settled before it was placed"
+        return self._attempt_queued(claimed)
+
+    def _claim_queued(self, key: str) -> LogEntry | tuple[bool, str]:
+        """The entry, claimed for one attempt; or (done, why) when there is nothing to do
+        now: it is sent or gone (done), or another attempt holds it (not done)."""
         entry = self.store.get_log(key)
         if entry is None:
             return True, "no such entry (deleted with its user's data)"
         if not entry.claimable:
             return True, f"already {entry.status}"
-        now = self.clock()
-        claimed = self.store.claim_log(key, now, QUEUED_CLAIM_HOLD)
-        if claimed is None:
-            latest = self.store.get_log(key)
-            if latest is None or not latest.claimable:
-                return True, f"already {latest.status if latest else 'deleted'}"
-            return False, "another attempt is sending it"
+        claimed = self.store.claim_log(key, self.clock(), QUEUED_CLAIM_HOLD)
+        if claimed is not None:
+            return claimed
+        latest = self.store.get_log(key)
+        if latest is None or not latest.claimable:
+            return True, f"already {latest.status if latest else 'deleted'}"
+        return False, "another attempt is sending it"
+
+    def _attempt_queued(self, claimed: LogEntry) -> tuple[bool, str]:
+        """One provider request for a claimed entry, and what it means for the task."""
         result = UserResult(claimed.user_id, "", ok=True)
         window = self.call_window if claimed.kind == "call" else MESSAGE_RETRY_WINDOW
-        if now - claimed.created_at > window:
-            self.store.update_log(key, status="expired", error="not sent in time; not retried", claimed_until=0.0)
-            log_action("expired", claimed, logging.WARNING, age_s=round(now - claimed.created_at, 1))
-            if claimed.kind == "call":
-                self._give_up_call(claimed)
-            return True, "expired"
-        if claimed.kind == "call" and self._call_settled(claimed):
-            return True, "settled before it was placed"
         try:
             outcome = self._send_now(claimed, result)
             what = "sent"
@@ -323,7 +330,7 @@ class Engine:
             if self.clock() + backoff(claimed.attempts, exc.retry_after) >= claimed.created_at + window:
                 outcome, what = self._not_sent_in_window(claimed, exc, result), "not sent within its window"
             else:
-                self.store.update_log(key, status="queued", error=f"{exc.code}: {exc}", claimed_until=0.0)
+                self.store.update_log(claimed.key, status="queued", error=f"{exc.code}: {exc}", claimed_until=0.0)
                 log_action("retrying", claimed, logging.WARNING, attempt=claimed.attempts, error=mask_text(str(exc)),
                            by="the send queue")
                 return False, f"the provider is throttling or failing ({exc.code or exc.status}); retry at the queue's pace"
@@ -400,12 +407,7 @@ class Engine:
         Returns what was sent now, calls and messages counted apart."""
         now, total = self.clock(), UserResult("", "", ok=True)
         for entry in sorted(entries, key=lambda e: (e.urgency, e.created_at)):
-            age = now - entry.created_at
-            if age > (self.call_window if entry.kind == "call" else MESSAGE_RETRY_WINDOW):
-                self.store.update_log(entry.key, status="expired", error="not sent in time; not retried")
-                log_action("expired", entry, logging.WARNING, age_s=round(age, 1))
-                if entry.kind == "call" and not entry.provider_id:
-                    self._give_up_call(entry)
+            if self._expired(entry, now - entry.created_at):
                 continue
             if entry.claimed_until > now:
                 continue
@@ -418,6 +420,17 @@ class Engine:
             total.calls, total.messages = total.calls + result.calls, total.messages + result.messages
             total.failed_sends += result.failed_sends
         return total
+
+    def _expired(self, entry: LogEntry, age: float) -> bool:
+        """An entry older than its window is marked expired and not sent; a call given up
+        so is acted on as "could not be placed"."""
+        if age <= (self.call_window if entry.kind == "call" else MESSAGE_RETRY_WINDOW):
+            return False
+        self.store.update_log(entry.key, status="expired", error="not sent in time; not retried", claimed_until=0.0)
+        log_action("expired", entry, logging.WARNING, age_s=round(age, 1))
+        if entry.kind == "call" and not entry.provider_id:
+            self._give_up_call(entry)
+        return True
 
     def _give_up_call(self, entry: LogEntry, outcome: str = UNPLACED,
                       detail: str = "the call could not be placed in time") -> None:
