@@ -36,6 +36,7 @@ def register_commands(app: Flask) -> None:
         click.echo(
             f"{counts['users']} user(s): {counts['ok']} read, {sum(counts['failed'].values())} failed, "
             f"{counts['calls']} call(s), {counts['messages']} message(s) in {counts['duration_s']:.2f} s"
+            + (f"; {counts['queued']} handed to the send queues" if counts["queued"] else "")
         )
         if summary.error:
             raise click.ClickException(summary.error)

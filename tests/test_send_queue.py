@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -327,6 +330,18 @@ def test_a_queued_send_the_queue_never_delivers_is_sent_by_the_lease_holder(
         assert call.status == "sent" and [r.recipient for r in fake.answered("twilio.calls")] == [user.phone]
     finally:
         sending.stop()
+
+
+def test_poll_once_says_how_many_sends_it_handed_to_the_queues(sending: SendDeployment) -> None:
+    (user,), _ = sending.add_low_and_fine(low=1, fine=2)
+    sending.pause(CALL_QUEUE, True)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SCOUT_", "GOOGLE_"))}, **sending.env}
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "notifier", "poll", "--once"], env=env,
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert "3 user(s): 3 read, 0 failed, 0 call(s), 0 message(s)" in done.stdout, done.stdout + done.stderr
+    assert "; 1 handed to the send queues" in done.stdout and "[calls 0, messages 0, queued 1]" in done.stdout
+    (call,) = sending.sends()
+    assert call.user_id == user.id and call.status == "queued"
 
 
 def test_send_task_ids_are_valid_cloud_tasks_ids_one_per_entry_key() -> None:
