@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from models import AlertState, CallRecord, Episode, User
-from scout.forecast import early_warning
+from scout.forecast import early_warning, readings_wanted
 from scout.readings import PollFailure, PollResult, Reading, Readings, SensorError, change_between, format_value
 
 UNANSWERED = "unanswered"
@@ -19,6 +19,9 @@ ACKNOWLEDGED = "acknowledged"
 PENDING = "pending"
 UNPLACED = "unplaced"  # the call could not be placed at all (the provider kept refusing or throttling)
 
+# The freshness rule, the one place it is written: a reading older than this (timed as Scout
+# believes it, see "freshness by arrival") never triggers a call. The page says the same.
+STALE_AFTER = 15 * 60
 FUTURE_TOLERANCE = 2 * 60  # a reading dated further ahead than this is timed by its arrival
 CLOCK_TOLERANCE = 5 * 60  # dates further than this from the arrival: the uploader's clock is off
 SEEN_KEPT = 12  # entries remembered per user (besides those in the latest poll)
@@ -37,7 +40,7 @@ URGENCY_NOTICE, URGENCY_ALL_CLEAR = 3000, 4000
 class Rules:
     wait_after_call: float = 120.0  # WAIT_AFTER_CALL
     failed_ping_limit: int = 60  # NIGHTSCOUT_FAILED_PING_SMS: consecutive failed polls
-    stale_after: float = 15 * 60  # a reading older than this never triggers a call
+    stale_after: float = STALE_AFTER  # a reading older than this never triggers a call
     no_data_after: float = 30 * 60  # no new reading for this long: tell the user
     contact_repeat: float = 15 * 60  # texts to contacts within one episode at most this often
     ack_snooze: float = 15 * 60  # after the user pressed 1, no new call for this long
@@ -143,7 +146,7 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
         latest, previous, newest_error = _note_arrivals(s, poll, now, watched_before, user)
         _check_clock(user, s, now, decision)
         _check_gap(user, s, latest, newest_error, now, rules, decision)
-    fresh = latest if latest is not None and now - latest.at <= rules.stale_after else None
+    fresh = latest if latest is not None and is_fresh(latest, now, rules) else None
     warning = _early_warning(user, poll, fresh, now)
     back_in_range = fresh is not None and _range_of(user, fresh.mgdl) == "in range" and not warning
     _announce_end_of_pause(user, s, now, decision)
@@ -163,6 +166,38 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
     elif latest is not None:
         decision.summary = f"latest reading is stale ({minutes_ago(latest.at, now)}); no call"
     return decision
+
+
+def is_fresh(reading: Reading, now: float, rules: Rules | None = None) -> bool:
+    """Whether a reading (timed as Scout believes it) is recent enough to call for."""
+    return now - reading.at <= (rules or Rules()).stale_after
+
+
+@dataclass(frozen=True)
+class Belief:
+    """The latest valid reading as the poller would take it from a poll at `now`, timed as
+    Scout believes it (by arrival when the uploader's clock is off), and that clock's offset
+    (see clock_offset; None when unknown)."""
+
+    latest: Reading | None
+    clock_offset: float | None
+
+
+def believe(user: User, poll: Readings, state: AlertState, now: float) -> Belief:
+    """What the poller would make of `poll` if it polled now, without changing `state`:
+    for the page, which must say what Scout does. The poll is cut to the entries the poller
+    asks for (a page reads a day of them for its chart), then timed exactly as decide()
+    times them, against the arrivals the poller has recorded."""
+    user = user.in_force(now)  # as decide() judges: the thresholds in force (night or day)
+    s = state.copy()
+    _clamp_future_times(s, now)
+    wanted = readings_wanted(user)
+    both: list[Reading | SensorError] = [*poll.readings, *poll.errors]
+    entries = sorted(both, key=lambda e: e.date, reverse=True)[:wanted]
+    cut = Readings(tuple(e for e in entries if isinstance(e, Reading)),
+                   tuple(e for e in entries if isinstance(e, SensorError)))
+    latest, _previous, _error = _note_arrivals(s, cut, now, s.watching_since is not None, user)
+    return Belief(latest, clock_offset(s))
 
 
 # --- pause -------------------------------------------------------------------

@@ -17,7 +17,7 @@ from flask import Blueprint, flash, make_response, redirect, render_template, re
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
-from models import DEFAULT_URGENT_HIGH_MGDL, DEFAULT_URGENT_LOW_MGDL, MAX_EXTRA_CONTACTS, LogEntry, User
+from models import DEFAULT_URGENT_HIGH_MGDL, DEFAULT_URGENT_LOW_MGDL, MAX_EXTRA_CONTACTS, AlertState, LogEntry, User
 from scout.config import Config
 from scout.context import address_policy, client_address, current_user_id, end_session, get_config, get_store, start_session
 from scout.logs import mask_text
@@ -44,7 +44,6 @@ TEST_CALL_TEXT = (
     "This is a test call from Scout. Your glucose alerts will reach you on this phone. "
     "Nothing is wrong; no action is needed."
 )
-FRESH_READING_MINUTES = 15  # older readings never trigger a call (see docs/design.md)
 
 Page = str | tuple[str, int]
 
@@ -260,35 +259,35 @@ def check_nightscout() -> Response:
                     f"Try again in {math.ceil(wait)} seconds.", "error")
         return redirect(url_for("pages.index", _anchor="check"))
     poll = fetch_readings(user, allow_private=get_config().dev, timeout=(5.0, 8.0), is_public=address_policy())
-    show_result(*describe_poll(poll, user, time.time()))
+    state, _version = get_store().get_state(user.id)
+    show_result(*describe_poll(poll, user, time.time(), state))
     return redirect(url_for("pages.index", _anchor="check"))
 
 
-def describe_poll(poll: PollFailure | Readings, user: User, now: float) -> tuple[str, str]:
-    """What a check of the user's Nightscout found, judged as Scout would judge it: against
-    their thresholds and the 15-minute freshness rule. Returns (sentence, "ok" | "warn" | "error")."""
-    from scout.status import describe_value, judge, plain_failure
+def describe_poll(poll: PollFailure | Readings, user: User, now: float, state: AlertState | None = None
+                  ) -> tuple[str, str]:
+    """What a check of the user's Nightscout found, in one sentence: the status panel's
+    reading (scout.status.reading_status, timed and judged as the poller would) in words.
+    Returns (sentence, "ok" | "warn" | "error")."""
+    from scout.alerts import STALE_AFTER
+    from scout.status import reading_status
 
-    if isinstance(poll, PollFailure):
-        return f"Scout could not read your Nightscout: {plain_failure(poll)}.", "error"
-    latest = poll.latest
-    if latest is None:
-        return ("Nightscout answered, but its newest readings are CGM error codes (below 39 mg/dL): "
-                "the sensor may be warming up or have lost signal. Scout cannot alert you until a reading arrives."), "error"
-    minutes = max(0, int((now - latest.at) // 60))
+    shown = reading_status(user, poll, now, state)
+    if "value" not in shown:
+        return shown.get("problem", ""), "error"
+    minutes = shown["ageMinutes"]
     age = "less than a minute ago" if minutes == 0 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
-    trend = f"{latest.arrow} {latest.trend_words}".strip()
-    value = describe_value(latest, user.units)
-    if 39 < latest.mgdl < 401:  # the sentinels LOW and HIGH carry their units already
-        value += f" {user.units}"
+    value = shown["value"] if shown["limit"] else f"{shown['value']} {user.units}"  # LOW and HIGH carry theirs
+    trend = f"{shown['arrow']} {shown['trend']}".strip()
     seen = f"{value} {trend}".rstrip() + f", {age}"
-    if minutes > FRESH_READING_MINUTES:
+    clock = f" {shown['clock']}" if "clock" in shown else ""
+    if not shown["fresh"]:
         return (f"Scout reached your Nightscout, but its newest reading is old: {seen}. Scout never calls for a "
-                f"reading older than {FRESH_READING_MINUTES} minutes: check that your uploader is sending readings."), "error"
-    where, words = judge(user.in_force(now), latest.mgdl)
-    if where == "in-range":
-        return f"Nightscout works: {seen}, {words}.", "ok"
-    return f"Nightscout works: {seen}. That is {words}: Scout would call you for it.", "warn"
+                f"reading older than {STALE_AFTER // 60} minutes: check that your uploader is sending readings."
+                f"{clock}"), "error"
+    if shown["range"] == "in-range":
+        return f"Nightscout works: {seen}, {shown['judgement']}.{clock}", "ok"
+    return f"Nightscout works: {seen}. That is {shown['judgement']}: Scout would call you for it.{clock}", "warn"
 
 
 @bp.post("/test-alert")

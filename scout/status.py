@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import AlertState, LogEntry, User
-from scout.alerts import Rules, ack_snooze_for, urgent_high_long_enough, urgent_high_rule
+from scout.alerts import STALE_AFTER, Rules, ack_snooze_for, believe, is_fresh, urgent_high_long_enough, urgent_high_rule
 from scout.readings import PollFailure, PollResult, Reading, format_value
 
-FRESH_SECONDS = 15 * 60  # older readings never trigger a call (DESIGN.md)
 POLL_SECOND = 30  # the poller polls every minute at :30
 ALL_CLEAR_SHOWN_FOR = 60 * 60  # the status keeps "all clear" on show this long
 
@@ -52,9 +51,10 @@ def mask_phone(phone: str) -> str:
     return f"+{digits[:1] if digits.startswith('1') else digits[:2]} •••• {digits[-4:]}"
 
 
-def judge(user: User, mgdl: float) -> tuple[str, str]:
-    """('low', 'below your 70') for a value against the user's own thresholds."""
+def judge(user: User, reading: Reading) -> tuple[str, str]:
+    """('low', 'below your 70') for a reading against the user's own thresholds."""
     low, high = format_value(user.low_mgdl, user.units), format_value(user.high_mgdl, user.units)
+    mgdl = reading.mgdl
     if mgdl < user.low_mgdl:
         urgent = mgdl < user.urgent_low
         return ("urgent-low" if urgent else "low"), f"below your {low}" + (", an urgent low" if urgent else "")
@@ -64,10 +64,11 @@ def judge(user: User, mgdl: float) -> tuple[str, str]:
 
 
 def describe_value(reading: Reading, units: str) -> str:
-    """How a reading reads: Dexcom's sentinels as Nightscout shows them."""
-    if reading.mgdl <= 39:
+    """How a reading reads: Dexcom's LOW and HIGH (by the reading's own `limit`, so another
+    CGM's 39 or 401 is a plain value) as Nightscout shows them."""
+    if reading.limit == "below":
         return "LOW (below 40 mg/dL)" if units == "mg/dL" else "LOW (below 2.2 mmol/L)"
-    if reading.mgdl >= 401:
+    if reading.limit == "above":
         return "HIGH (above 400 mg/dL)" if units == "mg/dL" else "HIGH (above 22.2 mmol/L)"
     return format_value(reading.mgdl, units)
 
@@ -81,26 +82,41 @@ def plain_failure(poll: PollFailure) -> str:
     return f"it {poll.describe()}"
 
 
-def reading_status(user: User, poll: PollResult | None, now: float) -> dict[str, Any]:
-    """What the latest read of the user's Nightscout showed, or plainly why there is none."""
+ONLY_ERROR_CODES = ("Nightscout answered, but its newest readings are CGM error codes (below 39 mg/dL): the sensor "
+                    "may be warming up or have lost signal. Scout cannot alert you until a reading arrives.")
+
+
+def reading_status(user: User, poll: PollResult | None, now: float, state: AlertState | None = None) -> dict[str, Any]:
+    """What the latest read of the user's Nightscout showed, or plainly why there is none.
+
+    The reading is timed as the poller times it (scout.alerts.believe, against the arrivals
+    recorded in the user's `state`): with an uploader whose clock is off, the page says what
+    Scout does, not what the uploader's time stamp suggests."""
     if poll is None and user.nightscout_url:
         return {"pending": "Reading your Nightscout…"}
     if poll is None:
         return {"problem": "Save your Nightscout address so Scout can read it."}
     if isinstance(poll, PollFailure):
         return {"problem": f"Scout could not read your Nightscout: {plain_failure(poll)}."}
-    latest = poll.latest
+    belief = believe(user, poll, state or AlertState(), now)
+    latest = belief.latest
     if latest is None:
-        return {"problem": "Your Nightscout has only CGM error codes: the sensor may be warming up or out of signal."}
-    where, words = judge(user.in_force(now), latest.mgdl)
-    age = max(0, int((now - latest.at) // 60))
-    fresh = now - latest.at <= FRESH_SECONDS
-    return {
-        "value": describe_value(latest, user.units), "units": user.units, "arrow": latest.arrow,
-        "trend": latest.trend_words, "at": latest.at, "ageMinutes": age, "fresh": fresh,
-        "range": where, "judgement": words if fresh else
-        f"{words}; older than {FRESH_SECONDS // 60} minutes, so Scout would not call for it",
+        return {"problem": ONLY_ERROR_CODES}
+    where, words = judge(user.in_force(now), latest)
+    fresh = is_fresh(latest, now)
+    shown = {
+        "value": describe_value(latest, user.units), "units": user.units, "limit": latest.limit,
+        "arrow": latest.arrow, "trend": latest.trend_words, "at": latest.at,
+        "ageMinutes": max(0, int((now - latest.at) // 60)), "fresh": fresh, "range": where,
+        "judgement": words if fresh else
+        f"{words}; older than {STALE_AFTER // 60} minutes, so Scout would not call for it",
     }
+    offset = belief.clock_offset
+    if offset:
+        minutes = round(abs(offset) / 60)
+        shown["clock"] = (f"Your uploader's clock is about {minutes} minutes {'behind' if offset > 0 else 'ahead'}: "
+                          "Scout times your readings by when they arrive. Set that phone or uploader to the right time.")
+    return shown
 
 
 def _step(at: float | None, text: str) -> list[dict[str, Any]]:
@@ -165,7 +181,7 @@ def status(user: User, state: AlertState, log: list[LogEntry], poll: PollResult 
         "reasons": reasons,
         "lastCheck": last_check,
         "nextCheck": next_check(now),
-        "reading": reading_status(user, poll, now),
+        "reading": reading_status(user, poll, now, state),
         "alert": alert_status(user, state, log, now),
         "pausedUntil": user.paused_until if user.is_paused(now) else 0,
         "now": now,

@@ -30,12 +30,13 @@
     if (reading.pending) return node("span", "status-value", reading.pending);
     if (reading.problem) return node("span", "status-value status-problem", reading.problem);
     var box = node("span", "status-value reading reading-" + reading.range);
-    box.appendChild(node("strong", "reading-value", reading.value + " " + (/^(LOW|HIGH)/.test(reading.value) ? "" : reading.units)));
+    box.appendChild(node("strong", "reading-value", reading.value + (reading.limit ? "" : " " + reading.units)));
     if (reading.arrow) box.appendChild(node("span", "reading-arrow", " " + reading.arrow));
     if (reading.trend) box.appendChild(node("span", "", " " + reading.trend));
     var age = reading.ageMinutes === 0 ? "less than a minute old" : reading.ageMinutes + " minute" + (reading.ageMinutes === 1 ? "" : "s") + " old";
     box.appendChild(node("span", "reading-age", ", " + age + " (" + clock(reading.at) + ")"));
     box.appendChild(node("span", "reading-judgement", ": " + reading.judgement));
+    if (reading.clock) box.appendChild(node("span", "reading-clock", ". " + reading.clock));
     return box;
   }
 

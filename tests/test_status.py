@@ -37,7 +37,18 @@ def test_a_reading_is_judged_against_the_users_own_thresholds_and_freshness() ->
     assert (mmol["value"], mmol["judgement"]) == ("13.9", "above your 13.3")
     stale = reading_status(USER, Readings((Reading(54, NOW - 40 * 60),)), NOW)
     assert not stale["fresh"] and "so Scout would not call for it" in stale["judgement"]
-    assert reading_status(USER, Readings((Reading(39, NOW - 60),)), NOW)["value"] == "LOW (below 40 mg/dL)"
+
+
+def test_low_and_high_are_named_by_the_readings_own_limit_not_by_its_number() -> None:
+    """A Dexcom 39 is 'below 40' and its 401 'above 400' (parse_entry sets `limit`); another
+    CGM's 39 or 401 is a plain value, judged as one."""
+    def shown(value: float, limit: str, units: str = "mg/dL") -> str:
+        reading = Reading(value, NOW - 60, key=f"k{value}", limit=limit)
+        return str(reading_status(replace(USER, units=units), Readings((reading,)), NOW)["value"])
+
+    assert shown(39, "below") == "LOW (below 40 mg/dL)" and shown(401, "above") == "HIGH (above 400 mg/dL)"
+    assert shown(39, "below", "mmol/L") == "LOW (below 2.2 mmol/L)"
+    assert shown(39, "") == "39" and shown(401, "") == "401" and shown(38.5, "") == "38.5"
 
 
 def test_a_site_answering_html_is_named_plainly_never_shown() -> None:
