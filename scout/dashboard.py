@@ -27,9 +27,11 @@ bp = Blueprint("dashboard", __name__)
 log = logging.getLogger("scout.dashboard")
 
 CHART_HOURS = (3, 6, 12, 24)
+CHART_LOG_ENTRIES = 500  # at most, of the hours shown
 PAUSE_HOURS = (1, 2, 4, 8)
 HISTORY_PAGE_SIZE = 10
-HISTORY_MAX_ENTRIES = 2000
+HISTORY_MAX_ENTRIES = 2000  # the most a history page (or the CSV) reads
+HISTORY_FIRST_READ = 50  # entries read for a history page at first (see history_page)
 TEST_TEXT_INTERVAL = 10 * 60  # seconds between two test texts to one user's contacts
 
 
@@ -102,7 +104,8 @@ def chart_json() -> tuple[Response, int] | Response:
         "high": float(format_value(user.in_force(now).high_mgdl, user.units)),
         "urgentLow": float(format_value(user.in_force(now).urgent_low, user.units)),
         "points": [], "problem": "",
-        "markers": chart_markers(user, get_store().user_log(user.id, 500), since),
+        # only the entries of the hours shown (Firestore bills each document read)
+        "markers": chart_markers(user, get_store().user_log(user.id, CHART_LOG_ENTRIES, since=since), since),
     }
     if isinstance(poll, Readings):
         body["points"] = [[r.at, float(format_value(r.mgdl, user.units))]
@@ -219,12 +222,28 @@ def history() -> Response | str:
     user = signed_in()
     if user is None:
         return to_sign_in()
-    groups = status_words.episodes(get_store().user_log(user.id, HISTORY_MAX_ENTRIES))
-    pages = max(1, -(-len(groups) // HISTORY_PAGE_SIZE))
-    page = min(max(request.args.get("page", 1, type=int), 1), pages)
-    shown = groups[(page - 1) * HISTORY_PAGE_SIZE: page * HISTORY_PAGE_SIZE]
-    return render_template("history.html", user=user, episodes=shown, page=page, pages=pages, names=contact_names(user),
-                           retention_days=retention_days(), words=status_words)
+    page = min(max(request.args.get("page", 1, type=int), 1), HISTORY_MAX_ENTRIES // HISTORY_PAGE_SIZE)
+    shown, older = history_page(user.id, page)
+    return render_template("history.html", user=user, episodes=shown, page=page, older=older,
+                           names=contact_names(user), retention_days=retention_days(), words=status_words)
+
+
+def history_page(user_id: str, page: int) -> tuple[list[status_words.EpisodeHistory], bool]:
+    """The episodes of one history page, newest first, and whether there are older ones.
+    The log is read from its newest entry back only as far as those episodes need: first
+    HISTORY_FIRST_READ entries a page, four times as many while that holds too few whole
+    episodes, up to HISTORY_MAX_ENTRIES (Firestore bills every document read)."""
+    store = get_store()
+    wanted = page * HISTORY_PAGE_SIZE + 1  # one more than the page shows: is there an older page?
+    limit = min(HISTORY_FIRST_READ * page, HISTORY_MAX_ENTRIES)
+    while True:
+        log = store.user_log(user_id, limit)
+        everything = len(log) < limit
+        groups = status_words.whole_episodes(log, everything)
+        if everything or len(groups) >= wanted or limit >= HISTORY_MAX_ENTRIES:
+            break
+        limit = min(limit * 4, HISTORY_MAX_ENTRIES)
+    return groups[(page - 1) * HISTORY_PAGE_SIZE: page * HISTORY_PAGE_SIZE], len(groups) >= wanted
 
 
 @bp.get("/history.csv")

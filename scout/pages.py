@@ -120,9 +120,10 @@ def form_values(user: User) -> dict[str, Any]:
     }
 
 
-def notes_status(user: User) -> str:
-    """Whether Scout can write the user's notes, from the last note it tried to write."""
-    notes = [e for e in get_store().user_log(user.id, RECENT_LOG_ENTRIES) if e.purpose == "note"]
+def notes_status(user: User, log: list[LogEntry]) -> str:
+    """Whether Scout can write the user's notes, from the last note it tried to write (in
+    `log`, the recent entries the page has read)."""
+    notes = [e for e in log if e.purpose == "note"]
     if not notes:
         return "No note written yet: Scout writes one with the next alert." if user.nightscout_notes else ""
     last = notes[0]
@@ -159,7 +160,7 @@ def submitted_values(user: User) -> dict[str, Any]:
     }
 
 
-def page_data(user: User, now: float) -> dict[str, Any]:
+def page_data(user: User, now: float, log: list[LogEntry]) -> dict[str, Any]:
     """What the page's own scripts need, handed over as JSON (rendered with `tojson`)."""
     from scout.glucose import status_of
 
@@ -171,7 +172,7 @@ def page_data(user: User, now: float) -> dict[str, Any]:
                                      strict=True))
                      for units in UNITS},
         "mgdlPerMmol": 18.0,
-        "status": status_of(user, now, read_nightscout=False),
+        "status": status_of(user, now, read_nightscout=False, log=log),
         "statusUrl": url_for("dashboard.status_json"),
         "chartUrl": url_for("dashboard.chart_json"),
         "statusEverySeconds": STATUS_EVERY_SECONDS,
@@ -183,10 +184,10 @@ STATUS_EVERY_SECONDS = 30  # how often the page asks for the status
 
 def render_settings(user: User, values: dict[str, Any], errors: dict[str, str], status: int = 200) -> Page:
     now = time.time()
+    log = get_store().user_log(user.id, RECENT_LOG_ENTRIES)  # read once: the list, the notes and the status
     page = render_template(
-        "settings.html", user=user, values=values, errors=errors, page_data=page_data(user, now), now=now,
-        log=get_store().user_log(user.id, RECENT_LOG_ENTRIES), max_contacts=MAX_EXTRA_CONTACTS,
-        notes_status=notes_status(user), time_zones=time_zones(),
+        "settings.html", user=user, values=values, errors=errors, page_data=page_data(user, now, log), now=now,
+        log=log, max_contacts=MAX_EXTRA_CONTACTS, notes_status=notes_status(user, log), time_zones=time_zones(),
     )
     return (page, status) if status != 200 else page
 

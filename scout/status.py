@@ -7,16 +7,18 @@ own time zone.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from models import AlertState, LogEntry, User
 from scout.alerts import STALE_AFTER, Rules, ack_snooze_for, believe, is_fresh, urgent_high_long_enough, urgent_high_rule
-from scout.readings import PollFailure, PollResult, Reading, format_value
+from scout.readings import PollFailure, PollResult, Reading, Readings, format_value
 
 POLL_SECOND = 30  # the poller polls every minute at :30
 ALL_CLEAR_SHOWN_FOR = 60 * 60  # the status keeps "all clear" on show this long
+STATUS_LOG_ENTRIES = 20  # the most recent alert log entries (of the last hour) the status reads
 
 PURPOSE_WORDS = {
     "alert": "Alert call",
@@ -173,7 +175,9 @@ def watching(user: User, state: AlertState, now: float) -> tuple[bool, list[dict
 
 def status(user: User, state: AlertState, log: list[LogEntry], poll: PollResult | None,
            last_check: float | None, now: float) -> dict[str, Any]:
-    """Everything the status panel shows."""
+    """Everything the status panel shows. Of `log`, only the last hour's entries matter (the
+    all-clear shown for an hour, and what the chart would show anew)."""
+    log = [e for e in log if e.created_at >= now - ALL_CLEAR_SHOWN_FOR]
     on, reasons = watching(user, state, now)
     return {
         "watching": on,
@@ -185,7 +189,18 @@ def status(user: User, state: AlertState, log: list[LogEntry], poll: PollResult 
         "alert": alert_status(user, state, log, now),
         "pausedUntil": user.paused_until if user.is_paused(now) else 0,
         "now": now,
+        "chartMark": chart_mark(poll, log),
     }
+
+
+def chart_mark(poll: PollResult | None, log: list[LogEntry]) -> str:
+    """Changes when the chart would: a new reading, or a new or updated entry among the recent
+    alert log (a call answered, a text sent). The page reloads its chart only then, instead of
+    on every status refresh (each chart reads up to CHART_LOG_ENTRIES log entries)."""
+    dates = [r.date for r in poll.readings] + [e.date for e in poll.errors] if isinstance(poll, Readings) else []
+    newest = max(dates, default=0.0)
+    entries = hashlib.sha1(repr([(e.key, e.status, e.outcome) for e in log]).encode()).hexdigest()[:16]
+    return f"{newest:.0f}-{'none' if poll is None else 'read'}-{entries}"
 
 
 # --- history by episode ------------------------------------------------------------
@@ -198,6 +213,12 @@ class EpisodeHistory:
     started_at: float
     ended_at: float | None = None
     entries: list[LogEntry] = field(default_factory=list)
+
+    @property
+    def opened_at(self) -> float:
+        """When it began: an episode when Scout opened it (the time in its id; every entry of
+        it was made then or later), a notice when it was made."""
+        return float(self.id.split("-", 1)[1]) if self.kind != "other" else self.started_at
 
     @property
     def extreme(self) -> str:
@@ -237,3 +258,15 @@ def episodes(log: list[LogEntry]) -> list[EpisodeHistory]:
         if entry.purpose == "all_clear":
             group.ended_at = entry.created_at
     return sorted(grouped.values(), key=lambda g: g.started_at, reverse=True)
+
+
+def whole_episodes(log: list[LogEntry], everything: bool) -> list[EpisodeHistory]:
+    """episodes(log), cut to those known whole. `log` is the newest part of the user's alert
+    log; unless it is `everything`, an episode that began at or before its oldest entry may
+    have older entries that were not read, and is left out (a second apart, for the
+    rounding of the time in an episode's id)."""
+    groups = episodes(log)
+    if everything or not log:
+        return groups
+    oldest = min(e.created_at for e in log)
+    return [g for g in groups if g.opened_at - 1 > oldest]

@@ -239,9 +239,9 @@ def vonage_answer() -> Response:
 
 
 def users_with_number(sender: str) -> list[User]:
-    """Everyone whose own phone or contacts include `sender`. Replies are rare, so the user
-    list is read here rather than kept in an index of numbers."""
-    return [user for user in get_store().list_users() if sender_role(user, sender)]
+    """Everyone whose own phone or contacts include `sender`, looked up by number (the store
+    keeps an index of numbers: a text never reads every user)."""
+    return [user for user in get_store().find_users_by_phone(sender) if sender_role(user, sender)]
 
 
 def take_reply(provider: str, message_id: str, sender: str, channel: str, text: str) -> None:

@@ -81,7 +81,12 @@
       })
       .then(function (status) {
         renderStatus(status);
-        if (currentHours) loadChart(currentHours);  // new calls and texts show on the chart too
+        // the chart again only when it would change: a new reading, a call or text (each chart
+        // reads the alert log of its hours, and Scout's store bills every read)
+        if (status.chartMark !== chartMark) {
+          chartMark = status.chartMark;
+          loadChart(currentHours || 6);
+        }
       })
       .catch(function (error) {
         var stale = document.getElementById("status-stale") || panel.appendChild(node("p", "status-problem"));
@@ -90,8 +95,10 @@
       });
   }
 
+  var chartMark = null;
   renderStatus(data.status);
-  if (data.status.reading.pending) refreshStatus();  // the page never waits for Nightscout; this does
+  if (data.status.reading.pending) refreshStatus();  // the page never waits for Nightscout; this does (and draws the chart)
+  else chartMark = data.status.chartMark;
   setInterval(refreshStatus, data.statusEverySeconds * 1000);
   document.addEventListener("visibilitychange", function () { if (!document.hidden) refreshStatus(); });
 
@@ -200,5 +207,5 @@
     button.addEventListener("click", function () { loadChart(Number(button.getAttribute("data-hours"))); });
   });
   window.addEventListener("resize", function () { if (plot && current) plot.setSize({ width: Math.max(280, chartBox.clientWidth), height: 240 }); });
-  loadChart(6);
+  if (chartMark !== null) loadChart(6);
 })();

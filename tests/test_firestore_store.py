@@ -210,6 +210,14 @@ def test_a_tutorial_era_document_is_read_as_a_user_known_by_email(firestore_stor
     assert firestore_store.find_user_by_email("ana@example.com") == tutorial_user()
 
 
+def test_a_tutorial_era_document_never_written_by_scout_is_found_by_its_numbers(firestore_store: FirestoreStore
+                                                                               ) -> None:
+    firestore_store.collection(USERS).add(TUTORIAL_DOCUMENT)  # no `numbers` field: the tutorial wrote it
+    for sender in ("+50588888888", "50588888889", "whatsapp:+50588888890", "+505 8888 8891"):
+        assert firestore_store.find_users_by_phone(sender) == [tutorial_user()], sender
+    assert firestore_store.find_users_by_phone("+50588888800") == []
+
+
 def test_signing_in_adopts_a_tutorial_era_document_under_the_google_id_in_scouts_shape(
     config: Config, firestore_store: FirestoreStore
 ) -> None:

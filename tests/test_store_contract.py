@@ -187,6 +187,33 @@ def test_log_entries_are_found_by_provider_id_and_listed_newest_first(each_store
     assert [e.key for e in each_store.user_log("sub-ana", limit=3)] == ["sub-ana:3", "sub-ana:2", "sub-ana:1"]
 
 
+def test_a_users_log_since_a_time_holds_only_the_entries_from_then_on(each_store: Any) -> None:
+    assert each_store.commit("sub-ana", None, 0, [entry(f"sub-ana:{i}", created_at=T0 + i * 60) for i in range(6)])
+    assert each_store.commit("sub-bo", None, 0, [entry("sub-bo:0", user_id="sub-bo", created_at=T0 + 600)])
+    assert [e.key for e in each_store.user_log("sub-ana", 50, since=T0 + 180)] == [
+        "sub-ana:5", "sub-ana:4", "sub-ana:3"]  # from `since` on, the entry at exactly `since` included
+    assert [e.key for e in each_store.user_log("sub-ana", 2, since=T0 + 60)] == ["sub-ana:5", "sub-ana:4"]
+    assert each_store.user_log("sub-ana", 50, since=T0 + 3600) == []
+
+
+def test_users_are_found_by_any_of_their_numbers_in_any_spelling(each_store: Any) -> None:
+    ana = make_user("https://ana.example.com")  # +14155552671, contacts ...72 (emergency), ...73, ...74
+    bo = make_user("https://bo.example.com", id="sub-bo", email="bo@example.com", phone="+14155552673",
+                   emergency_contact=Contact("+14155552699"), extra_contacts=())
+    each_store.save_users([ana, bo])
+    assert each_store.find_users_by_phone("+14155552671") == [ana]
+    assert each_store.find_users_by_phone("whatsapp:+1 415-555-2672") == [ana]
+    assert each_store.find_users_by_phone("14155552674") == [ana]  # an extra contact, as Vonage spells it
+    assert each_store.find_users_by_phone("+14155552673") == [ana, bo]  # Ana's contact and Bo himself
+    assert each_store.find_users_by_phone("+14155550000") == [] and each_store.find_users_by_phone("whatsapp:") == []
+    moved = replace(ana, phone="+14155552600", extra_contacts=())  # a changed number is found by its new value only
+    each_store.save_user(moved)
+    assert each_store.find_users_by_phone("+14155552671") == [] and each_store.find_users_by_phone("+14155552600") == [moved]
+    assert each_store.find_users_by_phone("+14155552673") == [bo]
+    each_store.delete_user("sub-bo")
+    assert each_store.find_users_by_phone("+14155552699") == []
+
+
 def test_unsent_entries_of_every_user_come_in_one_list_oldest_first(each_store: Any) -> None:
     assert each_store.commit("sub-bo", None, 0, [entry("sub-bo:0", user_id="sub-bo", created_at=T0 + 5)])
     assert each_store.commit("sub-ana", None, 0, [entry(f"sub-ana:{i}", created_at=T0 + i) for i in range(3)])

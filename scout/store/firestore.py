@@ -58,6 +58,8 @@ from models import (
     allowance_after,
     is_tutorial_era,
     new_log_id,
+    numbers_of,
+    phone_digits,
 )
 from scout.config import DEFAULT_FIRESTORE_TIMEOUT
 
@@ -243,6 +245,8 @@ def user_to_document(user: User, now: float) -> dict[str, Any]:
         "night_end": user.night_end,
         "night_low_mgdl": user.night_low_mgdl,
         "night_high_mgdl": user.night_high_mgdl,
+        # the digits of every number above, for find_users_by_phone (an inbound text's sender)
+        "numbers": numbers_of(user),
         "updated_at": now,
     }
     if not is_tutorial_era(user):  # a tutorial-era user has no Google subject id yet
@@ -442,6 +446,28 @@ class FirestoreStore:
         found.sort(key=lambda d: _is_tutorial_document(d.to_dict() or {}))
         return user_from_document(found[0].id, found[0].to_dict() or {}) if found else None
 
+    def find_users_by_phone(self, phone: str) -> list[User]:
+        """The users whose `numbers` hold the phone's digits (one indexed query, not a read of
+        every user). A tutorial-era document Scout has never written has no `numbers`: its
+        own and emergency numbers, and bare-number extra contacts, are matched in the two
+        spellings the tutorial used ('14155552671', '+14155552671')."""
+        digits = phone_digits(phone)
+        if not digits:
+            return []
+        spellings = [digits, f"+{digits}"]
+        users = self.collection(USERS)
+        queries = [users.where(filter=FieldFilter("numbers", "array_contains", digits)),
+                   users.where(filter=FieldFilter("phone", "in", spellings)),
+                   users.where(filter=FieldFilter("emerg_contact", "in", spellings)),
+                   users.where(filter=FieldFilter("extra_contacts", "array_contains_any", spellings))]
+        found: dict[str, Any] = {}
+        with _unavailable_on_error("find users by phone number"):
+            for query in queries:
+                for document in query.stream():
+                    found.setdefault(document.id, document)
+        matching = [u for u in self.users_from_documents(list(found.values())) if digits in numbers_of(u)]
+        return sorted(matching, key=lambda u: u.id)
+
     def save_user(self, user: User) -> None:
         """Write the user in Scout's shape. A tutorial-era user (known by email) is written
         over their own tutorial document, whatever its id: the document is upgraded in place.
@@ -633,10 +659,12 @@ class FirestoreStore:
         found = self._entries(query, "find an alert by its provider id")
         return found[0] if found else None
 
-    def user_log(self, user_id: str, limit: int = 50) -> list[LogEntry]:
+    def user_log(self, user_id: str, limit: int = 50, since: float = 0.0) -> list[LogEntry]:
         # needs the composite index (user_id ascending, created_at descending): firestore.indexes.json
-        query = (self.collection(ALERT_LOG).where(filter=FieldFilter("user_id", "==", user_id))
-                 .order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit))
+        query = self.collection(ALERT_LOG).where(filter=FieldFilter("user_id", "==", user_id))
+        if since:  # Firestore bills each document read: the chart reads only its hours
+            query = query.where(filter=FieldFilter("created_at", ">=", since))
+        query = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
         return self._entries(query, "read a user's alert log")
 
     def delete_log_before(self, cutoff: float) -> int:

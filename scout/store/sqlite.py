@@ -22,6 +22,8 @@ from models import (
     UserFeed,
     allowance_after,
     new_log_id,
+    numbers_of,
+    phone_digits,
 )
 
 
@@ -54,6 +56,12 @@ CREATE TABLE IF NOT EXISTS users (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS users_email ON users (email);
+CREATE TABLE IF NOT EXISTS user_numbers (
+    digits TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (digits, user_id)
+);
+CREATE INDEX IF NOT EXISTS user_numbers_user ON user_numbers (user_id);
 CREATE TABLE IF NOT EXISTS alert_state (
     user_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -127,8 +135,26 @@ class SqliteStore:
         os.makedirs(directory, exist_ok=True)
         try:
             self._connection().executescript(SCHEMA)
+            self._index_numbers_once()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store {path} could not be opened: {exc}{_sqlite_advice(exc)}") from exc
+
+    def _index_numbers_once(self) -> None:
+        """A file written before the number index (user_version 0) gets it filled once."""
+        if self._connection().execute("PRAGMA user_version").fetchone()[0] >= 1:
+            return
+        with self._transaction() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= 1:
+                return  # another process filled it meanwhile
+            users = [User.from_dict(json.loads(data)) for (data,) in db.execute("SELECT data FROM users")]
+            self._write_numbers(db, users)
+            db.execute("PRAGMA user_version = 1")
+
+    @staticmethod
+    def _write_numbers(db: sqlite3.Connection, users: list[User]) -> None:
+        db.executemany("DELETE FROM user_numbers WHERE user_id = ?", [(user.id,) for user in users])
+        db.executemany("INSERT OR IGNORE INTO user_numbers (digits, user_id) VALUES (?, ?)",
+                       [(digits, user.id) for user in users for digits in numbers_of(user)])
 
     # connections: one per thread, opened lazily (so nothing crosses a fork)
     def _connection(self) -> sqlite3.Connection:
@@ -230,6 +256,14 @@ class SqliteStore:
         rows = self._query("SELECT data FROM users WHERE email = ? ORDER BY id = email LIMIT 1", (email,))
         return User.from_dict(json.loads(rows[0][0])) if rows else None
 
+    def find_users_by_phone(self, phone: str) -> list[User]:
+        digits = phone_digits(phone)
+        if not digits:
+            return []
+        rows = self._query("SELECT users.data FROM user_numbers JOIN users ON users.id = user_numbers.user_id "
+                           "WHERE user_numbers.digits = ? ORDER BY users.id", (digits,))
+        return [User.from_dict(json.loads(data)) for (data,) in rows]
+
     def save_user(self, user: User) -> None:
         self.save_users([user])
 
@@ -243,10 +277,12 @@ class SqliteStore:
                 "updated_at = excluded.updated_at",
                 [(user.id, user.email, json.dumps(user.as_dict()), now) for user in users],
             )
+            self._write_numbers(db, users)
 
     def delete_user(self, user_id: str) -> None:
         with self._transaction() as db:
-            for table, column in (("users", "id"), ("alert_state", "user_id"), ("alert_log", "user_id")):
+            for table, column in (("users", "id"), ("user_numbers", "user_id"), ("alert_state", "user_id"),
+                                  ("alert_log", "user_id")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,))
 
     def list_users(self) -> list[User]:
@@ -338,9 +374,10 @@ class SqliteStore:
         found = self._entries("SELECT data FROM alert_log WHERE provider_id = ? LIMIT 1", (provider_id,))
         return found[0] if found else None
 
-    def user_log(self, user_id: str, limit: int = 50) -> list[LogEntry]:
+    def user_log(self, user_id: str, limit: int = 50, since: float = 0.0) -> list[LogEntry]:
         return self._entries(
-            "SELECT data FROM alert_log WHERE user_id = ? ORDER BY created_at DESC LIMIT ?", (user_id, limit)
+            "SELECT data FROM alert_log WHERE user_id = ? AND created_at >= ? ORDER BY created_at DESC LIMIT ?",
+            (user_id, since, limit),
         )
 
     def delete_log_before(self, cutoff: float) -> int:
