@@ -18,6 +18,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
 from models import DEFAULT_URGENT_HIGH_MGDL, DEFAULT_URGENT_LOW_MGDL, MAX_EXTRA_CONTACTS, AlertState, LogEntry, User
+from scout import status as status_words
 from scout.config import Config
 from scout.context import address_policy, client_address, current_user_id, end_session, get_config, get_store, start_session
 from scout.logs import mask_text
@@ -188,6 +189,7 @@ def render_settings(user: User, values: dict[str, Any], errors: dict[str, str], 
     page = render_template(
         "settings.html", user=user, values=values, errors=errors, page_data=page_data(user, now, log), now=now,
         log=log, max_contacts=MAX_EXTRA_CONTACTS, notes_status=notes_status(user, log), time_zones=time_zones(),
+        words=status_words,
     )
     return (page, status) if status != 200 else page
 

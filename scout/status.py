@@ -20,6 +20,8 @@ POLL_SECOND = 30  # the poller polls every minute at :30
 ALL_CLEAR_SHOWN_FOR = 60 * 60  # the status keeps "all clear" on show this long
 STATUS_LOG_ENTRIES = 20  # the most recent alert log entries (of the last hour) the status reads
 
+# What each alert log entry is, in the words of every page that lists one (the settings
+# page's recent alerts, the history, its CSV, the chart's markers): one table.
 PURPOSE_WORDS = {
     "alert": "Alert call",
     "contacts": "Text to a contact",
@@ -28,9 +30,28 @@ PURPOSE_WORDS = {
     "all_clear": "All clear",
     "recovered": "Nightscout back notice",
     "resumed": "Pause ended notice",
+    "clock": "Uploader clock notice",
     "test": "Test call",
     "test_text": "Test text",
+    "reply": "Reply received",
+    "reply_answer": "Answer to a reply",
+    "on_it": "Someone is on it",
+    "note": "Note on your Nightscout",
 }
+INBOUND = ("reply",)  # entries recording a message someone sent Scout, not one Scout sent
+NOTES = ("note",)  # entries recording a note written on the user's Nightscout, to no number
+
+
+def what(entry: LogEntry) -> str:
+    return PURPOSE_WORDS.get(entry.purpose, entry.purpose)
+
+
+def direction(entry: LogEntry) -> str:
+    """'from' for a reply someone sent, 'to' for what Scout sent; '' for a Nightscout note."""
+    if entry.purpose in NOTES:
+        return ""
+    return "from" if entry.purpose in INBOUND else "to"
+
 
 # Alert log keys of an episode's actions: "<user>:<kind>-<start>:<call|contacts|all_clear>:..."
 EPISODE_KEY = re.compile(r":(?P<episode>(?:low|high)-\d+):(?P<step>call|contacts|all_clear):")
