@@ -324,3 +324,33 @@ def test_the_sign_in_privacy_and_delete_pages_pass_axe_and_name_the_operator(pag
     sign_in_and_save(page, live, "steady")
     page.get_by_role("link", name="Delete my data…").click()
     check_accessibility(page, "delete")
+
+
+def test_the_chart_is_loaded_again_only_when_the_status_says_it_changed(
+    page: Any, live: LiveScout, threaded_httpserver: Any
+) -> None:
+    """Each chart reads the alert log of its hours: the page's script reloads it when the
+    status's chartMark changes (a new reading, a call or text), not on every 30-second refresh."""
+    now = time.time()
+    entries = [{"_id": f"r{i}", "type": "sgv", "sgv": 120, "date": int((now - 120 - i * 300) * 1000),
+                "direction": "Flat"} for i in range(40)]  # a steady site: no new reading during the test
+    threaded_httpserver.expect_request("/api/v1/entries/sgv.json").respond_with_json(entries)
+    charts: list[str] = []
+    page.on("request", lambda request: charts.extend([request.url] if "/chart.json" in request.url else []))
+    page.clock.install()
+    sign_in_and_save(page, live, "steady")
+    page.get_by_label("Nightscout address").fill(threaded_httpserver.url_for("/"))
+    page.get_by_role("button", name="Save settings").click()
+    page.get_by_text("Saved.").wait_for()
+    status_ready(page)
+    page.locator("#chart[data-points='40']").wait_for()  # this site's readings, all in the 6 hours shown
+    loaded = len(charts)
+    next_status(page)
+    next_status(page)
+    assert len(charts) == loaded, "nothing changed, yet the chart was loaded again"
+
+    live.store.commit(USER_ID, None, 0, [LogEntry(f"{USER_ID}:outage:{now:.0f}", USER_ID, "sms", "outage",
+                                                  "+12015550123", "x", time.time(), status="sent")])
+    with page.expect_request("**/chart.json*"):
+        next_status(page)
+    page.locator("#chart-events").get_by_text("Nightscout down notice").wait_for()
