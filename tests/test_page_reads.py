@@ -145,7 +145,7 @@ def test_two_requests_that_miss_the_readings_cache_at_once_read_nightscout_once(
         asked.append(time.monotonic())
         if len(asked) >= 2:
             second.set()
-        second.wait(5)  # a slow site: the first answer waits for a second request, or 5 s
+        second.wait(2)  # a slow site: the first answer waits for a second request, or 2 s (the page waits 5)
         return Response(json.dumps(a_day_of_readings(now)), content_type="application/json")
 
     nightscout(threaded_httpserver, answer)
