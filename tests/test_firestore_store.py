@@ -293,3 +293,30 @@ def test_a_user_feed_whose_listener_stopped_reads_the_users_directly_and_listens
         wait_until(lambda: [u.id for u in feed.users()] == ["sub-ana", "sub-bo"])  # and listening again
     finally:
         feed.close()
+
+
+def test_a_user_saved_before_the_number_index_is_indexed_by_the_feed_and_found_by_a_contacts_number(
+        firestore_store: FirestoreStore) -> None:
+    from scout.store.firestore import user_to_document
+
+    ana = make_user("http://ana.example/", extra_contacts=(Contact("+14155552674", name="Bo"),))
+    cy = make_user("http://cy.example/", id="sub-cy", email="cy@example.com", phone="+14155552690",
+                   emergency_contact=None, extra_contacts=(Contact("+14155552691", "whatsapp"),))
+    for user in (ana, cy):  # as a Scout older than the index wrote them: no `numbers`
+        document = user_to_document(user, time.time())
+        del document["numbers"]
+        firestore_store.collection(USERS).document(user.id).set(document)
+    assert firestore_store.find_users_by_phone("+14155552674") == []  # an extra contact: not found yet
+    feed = firestore_store.user_feed()
+    try:
+        assert {u.id for u in feed.users()} == {ana.id, cy.id}
+        deadline = time.monotonic() + 20
+        while firestore_store.find_users_by_phone("+14155552674") == [] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert firestore_store.find_users_by_phone("+14155552674") == [ana]
+        assert firestore_store.find_users_by_phone("whatsapp:+14155552691") == [cy]  # Cy's contact, by the index
+        stored = firestore_store.collection(USERS).document(cy.id).get().to_dict()
+        assert stored is not None and stored["numbers"] == ["14155552690", "14155552691"]
+        assert firestore_store.get_user(cy.id) == cy  # nothing else changed
+    finally:
+        feed.close()

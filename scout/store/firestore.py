@@ -297,6 +297,11 @@ class SnapshotUserFeed:
             self._users = users
             self.snapshots += 1
         self._ready.set()
+        unindexed = [d for d in documents if "numbers" not in (d.to_dict() or {})
+                     and not _is_tutorial_document(d.to_dict() or {})]
+        if unindexed:  # written by a Scout older than the index: off the listener's thread
+            threading.Thread(target=self._store.index_numbers, args=(unindexed,), name="index-numbers",
+                             daemon=True).start()
 
     @property
     def listening(self) -> bool:
@@ -445,6 +450,26 @@ class FirestoreStore:
         # prefer the document of a user who has signed in with Google
         found.sort(key=lambda d: _is_tutorial_document(d.to_dict() or {}))
         return user_from_document(found[0].id, found[0].to_dict() or {}) if found else None
+
+    def index_numbers(self, documents: list[Any]) -> int:
+        """Give user documents written before Scout kept `numbers` (find_users_by_phone's
+        index) that field, so a reply from one of their contacts is recognised. Each write
+        holds only if the document is unchanged since it was read: a newer save wrote its
+        own `numbers`. The user feed calls this for what its listener delivers; it returns
+        how many were indexed and never raises."""
+        indexed = 0
+        for document in documents:
+            try:
+                user = user_from_document(document.id, document.to_dict() or {})
+                with _unavailable_on_error("index a user's numbers"):
+                    document.reference.update({"numbers": numbers_of(user)},
+                                              option=self.db.write_option(last_update_time=document.update_time))
+                indexed += 1
+            except Exception as exc:  # a changed, deleted or unreadable document: its next save indexes it
+                log.info("scouts/%s: numbers not indexed (%s); its next save will", document.id, exc)
+        if indexed:
+            log.info("indexed the numbers of %d user(s) saved by an older Scout", indexed)
+        return indexed
 
     def find_users_by_phone(self, phone: str) -> list[User]:
         """The users whose `numbers` hold the phone's digits (one indexed query, not a read of
