@@ -168,17 +168,22 @@ class Engine:
         result.summary = decision.line
         return result, entries
 
-    def decide_without_writing(self, user: User, poll: PollResult, state: AlertState,
-                               observed: dict[str, Any] | None = None) -> UserResult | None:
-        """The result of a poll that changes nothing (no new state, no action), decided on
-        a state read earlier in the cycle; None when there is something to record, which
-        `poll_user` must then do on a fresh read. Most polls of most users end here."""
+    def decide_ahead(self, user: User, poll: PollResult, state: AlertState,
+                     observed: dict[str, Any] | None = None) -> tuple[UserResult, AlertState | None] | None:
+        """Decide on a state read earlier in the cycle, for a poll with nothing to send: its
+        result, and the new state to write (None when nothing changed, as for most polls of
+        a site with no new reading). None when there is an action to record and send, which
+        `record_poll` must do on a fresh read. The caller writes the new state only if the
+        stored one is still the state decided on (its version), and otherwise calls
+        `record_poll`, which decides again on what is stored then."""
         now = self.clock()
         decision = decide(user, poll, state, now, self.rules)
-        if _observe(decision.state, observed) != state or decision.actions:
+        if decision.actions:
             return None
+        new_state = _observe(decision.state, observed)
         failure = poll.reason if isinstance(poll, PollFailure) else ""
-        return UserResult(user.id, user.email, ok=not failure, reason=failure, summary=decision.line, decided_at=now)
+        result = UserResult(user.id, user.email, ok=not failure, reason=failure, summary=decision.line, decided_at=now)
+        return result, (None if new_state == state else new_state)
 
     def _decide_and_record(self, user: User, poll: PollResult,
                            observed: dict[str, Any] | None = None,

@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import resource
 import signal
 import subprocess
@@ -68,6 +69,7 @@ FALLING_FAST_DIRECTIONS = frozenset({"SingleDown", "DoubleDown", "TripleDown"})
 RESOLVER_THREADS = 64  # name lookups run in threads; 10,000 hosts need more than asyncio's default
 HOLDER_VARIABLE = "SCOUT_POLLER_HOLDER"  # set by the supervisor for the poller processes it starts
 WORKER_DEADLINE_S = 120.0  # a worker silent for this long is replaced and its users polled here
+STATE_BATCH_MAX = 1000  # states written in one transaction at most (see StateWriter)
 RESERVED_FILES = 256  # file descriptors kept for SQLite, logs, provider calls and lookups
 
 
@@ -366,6 +368,10 @@ class Poller:
         # Sends wait in one queue, most urgent first (see scout.pacing), and leave at the
         # provider's rate.
         self._send_queue = SendQueue(threads=min(self.workers, SEND_THREADS))
+        # Polls that change only the state (a new reading, nothing to send: most polls of a
+        # healthy user) are written many to a transaction, when the store can (SQLite).
+        self._state_writer = (StateWriter(self._write_states) if hasattr(self.store, "commit_states")
+                              and hasattr(self.store, "versioned_states") else None)
 
     def users(self, selection: Selection = Selection(), partition: int | None = None) -> list[User]:
         """The watchable users of `selection` that `partition` polls (all when None)."""
@@ -496,7 +502,7 @@ class Poller:
         loop = asyncio.get_running_loop()
         # asyncio.run shuts this pool down with the loop: a fresh one each cycle
         loop.set_default_executor(ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve"))
-        states = self._read_states(users)
+        states, versions = self._read_states(users)
         main, slow = order_by_risk(users, states)
         at_risk = sum(1 for user in main if is_at_risk(states, user.id))
         decisions: list[Outcome | UserResult | None] = [None] * len(users)
@@ -529,7 +535,7 @@ class Poller:
                 loop.call_soon_threadsafe(one_risk_settled)
 
         async def fetch(index: int, user: User, session: aiohttp.ClientSession) -> None:
-            outcome = await self._fetch_then_decide(user, session, states)
+            outcome = await self._fetch_then_decide(user, session, states, versions)
             decisions[index] = outcome
             if index < at_risk:
                 if isinstance(outcome, UserResult):
@@ -574,15 +580,23 @@ class Poller:
             await asyncio.sleep(LAG_PROBE_S)
             self._lag.value = max(loop.time() - before - LAG_PROBE_S, self._lag.value / 2)
 
-    def _read_states(self, users: list[User]) -> dict[str, AlertState] | None:
+    def _read_states(self, users: list[User]) -> tuple[dict[str, AlertState] | None, dict[str, int] | None]:
         """The alert states of these users in one read, when the store offers it (see
         SqliteStore.all_states): only this process's share, so that Firestore bills each
-        state once per cycle however many processes poll."""
+        state once per cycle however many processes poll. With their versions when the
+        store can also write many states at once (SqliteStore.commit_states): then a poll
+        that changes only the state is written in a group commit (see StateWriter)."""
+        ids = {user.id for user in users}
+        if self._state_writer is not None:
+            versioned = self.store.versioned_states(ids)  # type: ignore[attr-defined]
+            return ({user_id: state for user_id, (state, _) in versioned.items()},
+                    {user_id: version for user_id, (_, version) in versioned.items()})
         read_all = getattr(self.store, "all_states", None)
-        return read_all({user.id for user in users}) if read_all is not None else None
+        return (read_all(ids) if read_all is not None else None), None
 
     async def _fetch_then_decide(self, user: User, session: aiohttp.ClientSession,
-                                 states: dict[str, AlertState] | None) -> Outcome | UserResult:
+                                 states: dict[str, AlertState] | None,
+                                 versions: dict[str, int] | None = None) -> Outcome | UserResult:
         """Fetch on the loop, then decide. A poll that changes nothing is settled right here
         on the state read at the start of the cycle (pure, no I/O); anything to record or
         send goes to the recording threads, which re-read the state before writing. The loop
@@ -601,21 +615,38 @@ class Poller:
         observed = observed_poll(user, poll, time.monotonic() - fetch_started - getattr(self._lag, "value", 0.0),
                                  previous)
         if states is not None:
-            quiet = self._settle_quietly(user, poll, previous, observed, started)
-            if quiet is not None:
-                return quiet
+            try:
+                ahead = self.engine.decide_ahead(user, poll, previous, observed)
+            except Exception:  # left to the full path, which reports the error
+                ahead = None
+            if ahead is not None:
+                result, new_state = ahead
+                if new_state is None:  # nothing changed: settled here, no write
+                    return self._finish(result, started)
+                if versions is not None and self._state_writer is not None:
+                    version = versions.get(user.id, 0)
+                    return self._state_writer.submit(StateWrite(user, poll, observed, started, result,
+                                                                new_state, version))
         return self._recorders.submit(self._record_one, user, poll, observed, started)
 
-    def _settle_quietly(self, user: User, poll: PollResult, state: AlertState, observed: dict[str, Any],
-                        started: float) -> UserResult | None:
+    def _write_states(self, writes: list[StateWrite]) -> None:
+        """The StateWriter's group commit, in its thread: each write's Future gets the user's
+        result; a user whose state changed since the cycle read it (a reply, a call's
+        outcome) is decided again on the stored state, by the full path."""
         try:
-            result = self.engine.decide_without_writing(user, poll, state, observed)
-        except Exception:  # leave it to the full path, which reports the error
-            return None
-        if result is not None:
-            result.elapsed = self.clock() - started
-            self._log_poll(result)
-        return result
+            stale = self.store.commit_states(  # type: ignore[attr-defined]
+                [(w.user.id, w.state, w.version) for w in writes])
+        except Exception:  # the full path tries each user again and reports what fails
+            log.warning("a group commit of %d alert states failed; recording them one by one", len(writes),
+                        exc_info=True)
+            stale = {w.user.id for w in writes}
+        decided_at = self.clock()
+        for write in writes:
+            if write.user.id in stale:
+                write.done.set_result(self._record_one(write.user, write.poll, write.observed, write.started))
+            else:
+                write.result.decided_at = decided_at  # decided and recorded
+                write.done.set_result(self._finish(write.result, write.started))
 
     def _record_one(self, user: User, poll: PollResult, observed: dict[str, Any],
                     started: float) -> UserResult | Future[UserResult]:
@@ -671,12 +702,81 @@ class Poller:
         self._workers.clear()
         self._recorders.shutdown(wait=False, cancel_futures=True)
         self._send_queue.close()
+        if self._state_writer is not None:
+            self._state_writer.close()
         if self._feed is not None:
             self._feed.close()
         if self._shard_queue is not None:
             self._shard_queue.close()
         if self.engine.send_tasks is not None:
             self.engine.send_tasks.close()
+
+
+@dataclass
+class StateWrite:
+    """A poll decided on the loop whose only effect is a new state, waiting to be written."""
+
+    user: User
+    poll: PollResult
+    observed: dict[str, Any]
+    started: float
+    result: UserResult
+    state: AlertState
+    version: int  # of the state it was decided on
+    done: Future[UserResult | Future[UserResult]] = field(default_factory=Future)
+
+
+class StateWriter:
+    """One thread that writes the states of polls with nothing to send, as many as have
+    arrived since its last write in one transaction (a group commit, at most
+    STATE_BATCH_MAX): a write costs one transaction per batch instead of one per user,
+    and a user waits for at most the write before theirs. Every state is compare-and-set
+    on the version it was decided on, so nothing written meanwhile is lost."""
+
+    def __init__(self, write: Callable[[list[StateWrite]], None]) -> None:
+        self._write = write
+        self._queue: queue.SimpleQueue[StateWrite | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+        self._started = False
+        self._lock = threading.Lock()
+
+    def submit(self, write: StateWrite) -> Future[UserResult | Future[UserResult]]:
+        with self._lock:
+            if not self._started:
+                self._thread.start()
+                self._started = True
+        self._queue.put(write)
+        return write.done
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < STATE_BATCH_MAX:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            try:
+                self._write(batch)
+            except BaseException as exc:  # never leave a poll waiting forever
+                for write in batch:
+                    if not write.done.done():
+                        write.done.set_exception(exc)
+            if stop:
+                return
+
+    def close(self) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(10)
 
 
 class PartitionWorker:

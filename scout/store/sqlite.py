@@ -26,6 +26,8 @@ from models import (
     phone_digits,
 )
 
+STATE_BATCH = 500  # user ids per query in commit_states (SQLite allows at least 999 parameters)
+
 
 class _RereadingFeed:
     """A user feed that re-reads the users each time: right for a local SQLite file. A
@@ -307,12 +309,50 @@ class SqliteStore:
         return {user_id: AlertState.from_dict(json.loads(data)) for user_id, data in rows
                 if user_ids is None or user_id in user_ids}
 
+    def versioned_states(self, user_ids: Collection[str] | None = None) -> dict[str, tuple[AlertState, int]]:
+        """As all_states, with each state's version, for commit_states."""
+        rows = self._query("SELECT user_id, data, version FROM alert_state")
+        return {user_id: (AlertState.from_dict(json.loads(data)), int(version)) for user_id, data, version in rows
+                if user_ids is None or user_id in user_ids}
+
+    def commit_states(self, states: list[tuple[str, AlertState, int]]) -> set[str]:
+        """Write many users' states, each as `commit(user_id, state, version, [])` would, in
+        one transaction: the poller's group commit of the polls that changed a state and
+        send nothing (one transaction per user held the write lock for most of a cycle).
+        Returns the ids whose state changed since `version` was read: those are not
+        written, and the caller decides on them again."""
+        rows = [(user_id, version, json.dumps(state.as_dict())) for user_id, state, version in states]
+        stale: set[str] = set()
+        with self._transaction() as db:
+            current: dict[str, int] = {}
+            ids = [row[0] for row in rows]
+            for start in range(0, len(ids), STATE_BATCH):
+                chunk = ids[start:start + STATE_BATCH]
+                current.update(db.execute(f"SELECT user_id, version FROM alert_state WHERE user_id IN "
+                                          f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            fresh = []
+            for user_id, version, data in rows:
+                if current.get(user_id, 0) != version or user_id in stale:
+                    stale.add(user_id)  # changed meanwhile, or named twice: decided again by the caller
+                else:
+                    fresh.append((user_id, version + 1, data))
+                    current[user_id] = -1  # a second entry for the same user is stale
+            db.executemany(
+                "INSERT INTO alert_state (user_id, version, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, data = excluded.data", fresh)
+        return stale
+
     def commit(self, user_id: str, state: AlertState | None, version: int, entries: list[LogEntry]) -> bool:
         """Write `state` (if given) and record `entries`, all or nothing.
 
         Returns False, writing nothing, when the state changed since `version` was read.
         Entries whose key is already recorded are skipped: an action is recorded once.
         """
+        # serialised before the write lock is taken: other writers wait for less
+        data = json.dumps(state.as_dict()) if state is not None else ""
+        logged = [(entry.key, entry.id, entry.user_id, entry.created_at, entry.status, entry.provider_id,
+                   json.dumps(entry.as_dict()))
+                  for entry in (entry if entry.id else replace(entry, id=new_log_id()) for entry in entries)]
         with self._transaction() as db:
             if state is not None:
                 row = db.execute("SELECT version FROM alert_state WHERE user_id = ?", (user_id,)).fetchone()
@@ -321,16 +361,11 @@ class SqliteStore:
                 db.execute(
                     "INSERT INTO alert_state (user_id, version, data) VALUES (?, ?, ?) "
                     "ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, data = excluded.data",
-                    (user_id, version + 1, json.dumps(state.as_dict())),
+                    (user_id, version + 1, data),
                 )
-            for entry in entries:
-                entry = entry if entry.id else replace(entry, id=new_log_id())
-                db.execute(
-                    "INSERT OR IGNORE INTO alert_log (key, id, user_id, created_at, status, provider_id, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (entry.key, entry.id, entry.user_id, entry.created_at, entry.status, entry.provider_id,
-                     json.dumps(entry.as_dict())),
-                )
+            db.executemany(
+                "INSERT OR IGNORE INTO alert_log (key, id, user_id, created_at, status, provider_id, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", logged)
         return True
 
     # alert log
