@@ -7,6 +7,7 @@ the web app and the poller, use it; neither keeps alert state in memory.
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -288,6 +289,29 @@ class AlertState:
         call = replace(ep.call) if ep.call is not None else None
         return replace(self, episode=replace(ep, call=call, alerted=[list(pair) for pair in ep.alerted]),
                        seen=list(self.seen))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """A user's alert state as the store holds it (JSON), with its version, parsed when it
+    is needed, and what the poller orders the users by. The poller holds every user's
+    state for a whole cycle: parsed, one takes about 5 KB (the readings seen), as
+    stored about 1.4 KB; at 25,000 users a process that is 90 MB."""
+
+    data: str
+    version: int
+    in_episode: bool
+    watch: bool
+    site: str
+
+    @classmethod
+    def of(cls, data: str, version: int) -> StoredState:
+        plain = json.loads(data)
+        return cls(data, version, plain.get("episode") is not None, bool(plain.get("watch")),
+                   str(plain.get("site") or ""))
+
+    def state(self) -> AlertState:
+        return AlertState.from_dict(json.loads(self.data))
 
 
 UNSENT_STATUSES = ("pending", "queued", "failed", "sending")  # a log entry not yet sent, nor given up

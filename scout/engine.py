@@ -98,7 +98,7 @@ def _observe(state: AlertState, observed: dict[str, Any] | None) -> AlertState:
     return replace(state, **observed) if observed else state
 
 
-@dataclass
+@dataclass(slots=True)  # the main poller process holds one per user of every process at a cycle's end
 class UserResult:
     user_id: str
     email: str

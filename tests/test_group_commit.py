@@ -63,9 +63,11 @@ def test_a_group_commit_writes_each_state_moves_each_version_and_skips_the_stale
     try:
         assert store.commit("ana", AlertState(site="slow"), 0, [])
         assert store.commit("ben", AlertState(watch=True), 0, [])
-        read = store.versioned_states()
-        assert read == {"ana": (AlertState(site="slow"), 1), "ben": (AlertState(watch=True), 1)}
-        assert store.versioned_states({"ben", "never-polled"}) == {"ben": (AlertState(watch=True), 1)}
+        read = {user_id: (stored.state(), stored.version, stored.in_episode, stored.watch, stored.site)
+                for user_id, stored in store.stored_states().items()}
+        assert read == {"ana": (AlertState(site="slow"), 1, False, False, "slow"),
+                        "ben": (AlertState(watch=True), 1, False, True, "")}
+        assert set(store.stored_states({"ben", "never-polled"})) == {"ben"}
         assert other.commit("ben", AlertState(watch=True, clock_skew_told=True), 1, [])  # written meanwhile
         stale = store.commit_states([("ana", AlertState(site=""), 1), ("ben", AlertState(site="slow"), 1),
                                      ("cai", AlertState(failed_polls=1), 0), ("dee", AlertState(), 3)])
@@ -83,8 +85,14 @@ def test_a_group_commit_writes_each_state_moves_each_version_and_skips_the_stale
         many = [(f"u{n:04d}", AlertState(failed_polls=n), 0) for n in range(1200)]
         random.Random(3).shuffle(many)
         assert store.commit_states(many) == set()
-        assert {uid: s.failed_polls for uid, (s, v) in store.versioned_states().items() if uid.startswith("u")} \
+        assert {uid: s.state().failed_polls for uid, s in store.stored_states().items() if uid.startswith("u")} \
             == {f"u{n:04d}": n for n in range(1200)}
+        assert store.stored_states({"cai"})["cai"].version == 1
+        in_episode = hostile_state(random.Random(1))
+        in_episode.episode = Episode(id="low-9", kind="low", started_at=1.0)
+        assert store.commit("eve", in_episode, 0, [])
+        eve = store.stored_states({"eve"})["eve"]
+        assert (eve.in_episode, eve.state()) == (True, in_episode)
     finally:
         other.close()
         store.close()
@@ -121,6 +129,7 @@ def test_a_state_written_by_another_process_during_the_poll_is_kept_and_the_poll
         store.save_user(make_user(threaded_httpserver.url_for(f"/{name}/"), id=name, email=f"{name}@example.com"))
     threaded_httpserver.expect_request(re.compile(r"^/[^/]+/api/v1/entries/sgv\.json$")).respond_with_handler(answer)
     poller = Poller(load_config(dev_env(tmp_path)), store=store)
+    assert poller._state_writer is not None  # SQLite: the group commit is the path under test
     try:
         poller.run_cycle()
         before = {name: store.get_state(name) for name in names}
@@ -139,4 +148,21 @@ def test_a_state_written_by_another_process_during_the_poll_is_kept_and_the_poll
     finally:
         poller.close()
         web.close()
+        store.close()
+
+
+def test_a_partial_user_feed_holds_only_the_users_it_keeps_and_follows_their_changes(tmp_path: Any) -> None:
+    store = SqliteStore(str(tmp_path / "scout.sqlite3"))
+    try:
+        for n in range(10):
+            store.save_user(make_user(id=f"u{n}", email=f"u{n}@example.com"))
+        feed = store.user_feed_of(lambda user_id: int(user_id[1:]) % 2 == 0)
+        assert [u.id for u in feed.users()] == ["u0", "u2", "u4", "u6", "u8"]
+        store.save_user(make_user(id="u4", email="u4@example.com", name="Renamed"))
+        store.save_user(make_user(id="u12", email="u12@example.com"))
+        store.save_user(make_user(id="u13", email="u13@example.com"))
+        store.delete_user("u6")
+        users = {u.id: u for u in feed.users()}
+        assert sorted(users) == ["u0", "u12", "u2", "u4", "u8"] and users["u4"].name == "Renamed"
+    finally:
         store.close()
