@@ -115,8 +115,9 @@ def collection_paused() -> Iterator[None]:
 
 # glibc's malloc gives threads arenas of their own, up to 8 per core, and a free in one is
 # given back to the system only from the top of its heap. A poller process has over a hundred
-# threads (recording, sending, name lookups) that allocate: measured at 50,000 users, each
-# process started its second cycle holding 100 MB of the first cycle's freed memory.
+# threads (recording, sending, name lookups) that allocate; with 2 arenas, a trim after each
+# poll and the partial user feed, each process started its second 50,000-user cycle 65-69 MB
+# smaller (docs/performance.md).
 M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 MALLOC_ARENAS = 2
 
