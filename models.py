@@ -16,6 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_EXTRA_CONTACTS = 5
 CHANNELS = ("sms", "whatsapp")
+# How a contact hears of an alert the user did not acknowledge: "call" (a phone call on the
+# ladder, and the texts) or "text" (the texts only). Waking someone is the point, so a
+# contact is called unless the user chose otherwise, also one stored before the choice existed.
+CONTACT_MODES = ("call", "text")
 DEFAULT_LOW_MGDL = 70.0
 DEFAULT_HIGH_MGDL = 240.0
 # Dexcom's urgent low (55 mg/dL, 3.0 mmol/L) cannot be silenced: a pause never holds a call below it.
@@ -57,9 +61,14 @@ class Contact:
     phone: str  # E.164
     channel: str = "sms"  # "sms" or "whatsapp"
     name: str = ""  # how the user calls them; texts greet them by it
+    mode: str = "call"  # "call": called on the ladder and texted; "text": texted only
+
+    @property
+    def is_called(self) -> bool:
+        return self.mode != "text"
 
     def as_dict(self) -> dict[str, str]:
-        data = {"phone": self.phone, "channel": self.channel}
+        data = {"phone": self.phone, "channel": self.channel, "mode": self.mode}
         if self.name:
             data["name"] = self.name
         return data
@@ -69,7 +78,9 @@ class Contact:
         """Read a contact as Scout stores it, or as a bare number (the tutorial's shape)."""
         if isinstance(value, dict) and value.get("phone"):
             channel = value.get("channel", "sms")
-            return cls(str(value["phone"]), channel if channel in CHANNELS else "sms", str(value.get("name") or ""))
+            mode = value.get("mode", "call")
+            return cls(str(value["phone"]), channel if channel in CHANNELS else "sms", str(value.get("name") or ""),
+                       mode if mode in CONTACT_MODES else "call")
         if isinstance(value, str) and value.strip():
             return cls(value.strip())
         return None
@@ -151,6 +162,12 @@ class User:
         return first + tuple(self.extra_contacts)
 
     @property
+    def ladder(self) -> tuple[Contact, ...]:
+        """Whom Scout calls, one after the other, when the user does not acknowledge a call:
+        the contacts in their order, except those who asked for texts only."""
+        return tuple(c for c in self.contacts if c.is_called)
+
+    @property
     def is_watchable(self) -> bool:
         return bool(self.nightscout_url and self.phone)
 
@@ -216,6 +233,7 @@ class CallRecord:
     # Recorded but not placed yet (waiting its turn in the send queue). Only a placed call
     # can go unanswered: one that cannot be placed is "unplaced", and contacts are told so.
     queued: bool = False
+    to: str = ""  # a contact's call on the ladder: the contact's number ("" for the user's own call)
 
 
 @dataclass
@@ -235,6 +253,17 @@ class Episode:
     why: str = ""  # an early warning that opened it before the value crossed ("falling fast")
     urgent_high_since: float | None = None  # start of the current run above the urgent high
     urgent: bool = False  # a low below the user's urgent low at the last fresh reading
+    # The ladder: after the user's call goes unacknowledged, the contacts are called one at a
+    # time in the user's order (User.ladder). `ladder_round` counts the rounds of this episode
+    # (for the calls' keys), `ladder_step` how many contacts this round has reached, and
+    # `ladder_call` is the current (or last) contact's call. `ladder_active` is False once
+    # everyone was tried, or someone pressed 1.
+    ladder_round: int = 0
+    ladder_step: int = 0
+    ladder_active: bool = False
+    ladder_call: CallRecord | None = None
+    acks: int = 0  # acknowledgements in this episode (each tells the others once)
+    acknowledged_by: str = ""  # who gave the latest one: "Ana", "Ben", "the contact at +1..."
 
 
 @dataclass
@@ -277,7 +306,9 @@ class AlertState:
         if episode:
             episode = dict(episode)
             call = episode.pop("call", None)
-            state.episode = Episode(**episode, call=CallRecord(**call) if call else None)
+            ladder_call = episode.pop("ladder_call", None)
+            state.episode = Episode(**episode, call=CallRecord(**call) if call else None,
+                                    ladder_call=CallRecord(**ladder_call) if ladder_call else None)
         return state
 
     def copy(self) -> AlertState:
@@ -287,7 +318,9 @@ class AlertState:
         if ep is None:
             return replace(self, seen=list(self.seen))
         call = replace(ep.call) if ep.call is not None else None
-        return replace(self, episode=replace(ep, call=call, alerted=[list(pair) for pair in ep.alerted]),
+        ladder_call = replace(ep.ladder_call) if ep.ladder_call is not None else None
+        return replace(self, episode=replace(ep, call=call, ladder_call=ladder_call,
+                                             alerted=[list(pair) for pair in ep.alerted]),
                        seen=list(self.seen))
 
 
@@ -330,7 +363,7 @@ class LogEntry:
     key: str
     user_id: str
     kind: str  # call | sms | whatsapp
-    purpose: str  # alert | contacts | outage | no_data | all_clear | recovered | test
+    purpose: str  # alert | ladder (a contact's call) | contacts | on_it | outage | no_data | all_clear | recovered | test
     recipient: str
     body: str
     created_at: float

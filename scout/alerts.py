@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from models import AlertState, CallRecord, Episode, User
+from models import AlertState, CallRecord, Contact, Episode, User
 from scout.forecast import early_warning, readings_wanted
 from scout.readings import PollFailure, PollResult, Reading, Readings, SensorError, change_between, format_value
 
@@ -18,6 +18,7 @@ UNANSWERED = "unanswered"
 ACKNOWLEDGED = "acknowledged"
 PENDING = "pending"
 UNPLACED = "unplaced"  # the call could not be placed at all (the provider kept refusing or throttling)
+STOPPED = "stopped"  # a contact's call made pointless: someone else pressed 1 first
 
 # The freshness rule, the one place it is written: a reading older than this (timed as Scout
 # believes it, see "freshness by arrival") never triggers a call. The page says the same.
@@ -156,6 +157,7 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
     # hear of it even once the value has risen above the urgent line.
     if s.episode is not None and not back_in_range and (not held or s.episode.urgent):
         _escalate_unanswered(user, s.episode, latest, now, rules, decision)
+        _climb_ladder(user, s.episode, latest, now, rules, decision)
     if held:
         decision.summary = (decision.summary + "; " if decision.summary else "") + (
             f"alerts paused until {clock_time(user.paused_until)}: no call")
@@ -376,8 +378,9 @@ def _clamp_future_times(s: AlertState, now: float) -> None:
         value = getattr(ep, name)
         if value is not None and value > now:
             setattr(ep, name, now)
-    if ep.call is not None and ep.call.placed_at > now:
-        ep.call.placed_at = now
+    for call in (ep.call, ep.ladder_call):
+        if call is not None and call.placed_at > now:
+            call.placed_at = now
 
 
 def _count_failure(user: User, poll: PollFailure, s: AlertState, now: float, rules: Rules, d: Decision) -> None:
@@ -512,7 +515,9 @@ def _call_due(user: User, s: AlertState, ep: Episode, now: float, rules: Rules) 
     call = ep.call
     if call is not None and call.outcome == PENDING:
         return False
-    if call is not None and call.outcome == ACKNOWLEDGED and ep.acknowledged_at is not None:
+    # A 1 since the last call, from the user or anyone else (a contact's call on the ladder,
+    # a text reply), holds the calls for the snooze.
+    if ep.acknowledged_at is not None and (ep.last_call_at is None or ep.acknowledged_at >= ep.last_call_at):
         return now - ep.acknowledged_at >= ack_snooze_for(ep, user, rules)
     if (ep.kind == "high" and ep.last_call_at is not None
             and now - ep.last_call_at < user.high_repeat_minutes * 60.0):
@@ -548,10 +553,7 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
     call = ep.call
     if call is None:
         return
-    if call.outcome == PENDING and call.queued and now - call.placed_at >= rules.unplaced_after:
-        call.outcome, call.detail = UNPLACED, "the call was not placed in time"
-    elif call.outcome == PENDING and not call.queued and now - call.placed_at >= rules.lost_callback_after:
-        call.outcome, call.detail = UNANSWERED, "no final call status arrived"
+    _time_out(call, now, rules)
     if call.outcome not in (UNANSWERED, UNPLACED) or call.escalated:
         return
     call.escalated = True
@@ -559,6 +561,10 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
         d.escalation = (f"call {'could not be placed' if call.outcome == UNPLACED else 'unanswered'}; a high is "
                         f"passed to the contacts only {urgent_high_rule(user)}")
         return
+    if not ep.ladder_active and user.ladder:
+        # a new round of calls to the contacts, from the first (see _climb_ladder)
+        ep.ladder_round += 1
+        ep.ladder_step, ep.ladder_active, ep.ladder_call = 0, True, None
     repeat = rules.urgent_contact_repeat if ep.urgent else rules.contact_repeat
     if ep.last_contacts_at is not None and now - ep.last_contacts_at < repeat:
         return  # contacts were texted recently in this episode
@@ -601,6 +607,117 @@ def urgent_high_rule(user: User) -> str:
             f"for {user.urgent_high_minutes} minutes")
 
 
+def _time_out(call: CallRecord, now: float, rules: Rules) -> None:
+    """A call still pending too long: never placed in time ("unplaced"), or placed with no
+    final status from the provider (counted as unanswered)."""
+    if call.outcome == PENDING and call.queued and now - call.placed_at >= rules.unplaced_after:
+        call.outcome, call.detail = UNPLACED, "the call was not placed in time"
+    elif call.outcome == PENDING and not call.queued and now - call.placed_at >= rules.lost_callback_after:
+        call.outcome, call.detail = UNANSWERED, "no final call status arrived"
+
+
+# --- the ladder ----------------------------------------------------------------------
+#
+# After the user's call goes unacknowledged (and the contacts may hear of it: a high only
+# under the urgent-high rule), Scout calls the contacts who chose "call and text", in the
+# user's order, one at a time: the next only once the previous call's outcome is known (or
+# its window ran out). A 1 from anyone ends the round and acknowledges the episode for
+# everyone. A round that reached everyone ends; the next unacknowledged call of the user
+# (after the usual waits) starts a new one from the first contact.
+
+
+def person_name(user: User, phone: str) -> str:
+    """'Ana' for the user, a contact's name as the user wrote it ('Ben'), or 'the contact at +1...'."""
+    if phone == user.phone:
+        return user.display_name
+    named = [c.name for c in user.contacts if c.phone == phone and c.name]
+    return named[0] if named else f"the contact at {phone}"
+
+
+def _climb_ladder(user: User, ep: Episode, latest: Reading | None, now: float, rules: Rules, d: Decision) -> None:
+    """One step of the ladder: time out the contact's call in progress, or call the next contact."""
+    current = ep.ladder_call
+    if current is not None:
+        _time_out(current, now, rules)
+    if not ep.ladder_active or (current is not None and current.outcome == PENDING):
+        return  # no round running, or one call at a time: wait for this one's outcome
+    ladder = user.ladder
+    if ep.ladder_step >= len(ladder):
+        ep.ladder_active = False
+        d.escalation = _joined(d.escalation, f"every contact on the ladder was called (round {ep.ladder_round})")
+        return
+    contact = ladder[ep.ladder_step]
+    ep.ladder_step += 1
+    key = f"{user.id}:{ep.id}:ladder:{ep.ladder_round}:{ep.ladder_step}"
+    speech = ladder_speech(user, contact, ep, latest, now)
+    ep.ladder_call = CallRecord(key=key, placed_at=now, queued=True, to=contact.phone)
+    if [contact.phone, contact.channel] not in ep.alerted:
+        ep.alerted.append([contact.phone, contact.channel])
+    first = URGENCY_FIRST_CALL + (min(max(latest.mgdl, 0.0), 499.0) if latest is not None and ep.kind == "low"
+                                  else 500.0)
+    d.actions.append(Action(key, "call", "ladder", contact.phone, speech, urgency=first))
+    d.escalation = _joined(d.escalation, f"calling {person_name(user, contact.phone)} "
+                                         f"(contact {ep.ladder_step} of {len(ladder)} on the ladder)")
+
+
+def _joined(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def ladder_speech(user: User, contact: Contact, ep: Episode, latest: Reading | None, now: float) -> str:
+    """What a contact's call says: whose glucose, the value, its trend and age, that the user
+    (and the contact called before, if any) did not answer, and the request for a 1.
+    'Press 1' ends the speech: the call script asks for it once more (telephony.base)."""
+    name = user.display_name
+    hello = f"Hello {contact.name}. " if contact.name else "Hello. "
+    if latest is not None:
+        trend = f" and {latest.trend_words}" if latest.trend_words else ""
+        value = format_value(latest.mgdl, user.units, latest.limit)
+        news = (f"{name}'s blood glucose is {value} {UNITS_SPOKEN.get(user.units, user.units)}{trend}, "
+                f"{minutes_ago(latest.at, now)}.")
+    else:
+        news = f"Scout cannot read {name}'s Nightscout right now; the last alert was for a {ep.kind} blood glucose."
+    if ep.why:
+        news += f" Scout is calling early: it is {ep.why}."
+    if ep.call is not None and ep.call.outcome == UNPLACED:
+        missed = f"Scout could not reach {name} by phone."
+    else:
+        missed = f"{name} did not answer Scout's call."
+    before = ep.ladder_call
+    if before is not None and before.to and before.to != contact.phone:
+        other = person_name(user, before.to)
+        missed += (f" Scout could not reach {other} by phone either." if before.outcome == UNPLACED
+                   else f" {other[:1].upper()}{other[1:]} did not answer either.")
+    return f"{hello}This is Scout, calling about {name}. {news} {missed} Press 1 if you will check on {name}."
+
+
+def acknowledge(user: User, ep: Episode, by: str, how: str, now: float) -> list[Action]:
+    """A 1 from `by` (the user's or a contact's number): the episode is acknowledged for
+    everyone, with the snooze of the user's own 1; the ladder stops, nobody else is called,
+    and everyone else alerted in this episode gets one text saying who is on it."""
+    who = person_name(user, by)
+    ep.acknowledged_at = now
+    ep.acks += 1
+    ep.acknowledged_by = who
+    if ep.call is not None and ep.call.outcome in (PENDING, UNANSWERED):
+        ep.call.outcome, ep.call.detail = ACKNOWLEDGED, how if by == user.phone else f"{how} ({who})"
+    ep.ladder_active = False
+    current = ep.ladder_call
+    if current is not None and current.outcome == PENDING and current.to != by:
+        current.outcome, current.detail = STOPPED, f"{who} {how} first"
+    recipients = ([[user.phone, "sms"]] if ep.calls and user.phone else []) + ep.alerted
+    told = {by}
+    actions = []
+    for phone, channel in recipients:
+        if phone in told:
+            continue
+        told.add(phone)
+        actions.append(Action(
+            f"{user.id}:{ep.id}:on_it:{ep.acks}:{phone}", channel, "on_it", phone,
+            f"Scout: {who} {how} and is on it ({user.display_name}'s {ep.kind} alert).", urgency=URGENCY_CONTACTS))
+    return actions
+
+
 def addressed(heading: str, name: str) -> str:
     """'Scout alert for Bo': a text to a named contact says who it is for."""
     return f"{heading} for {name}" if name else heading
@@ -623,25 +740,55 @@ def _all_clear(user: User, s: AlertState, latest: Reading, now: float, d: Decisi
     d.summary += f", back in range: all clear to {len(recipients)}"
 
 
-def record_call_outcome(state: AlertState, call_key: str, outcome: str, detail: str, now: float) -> bool:
-    """Apply a call's final outcome to the state. Returns False if nothing changed
-    (an unknown or older call, or the outcome was already known)."""
+def _call_record(state: AlertState, call_key: str) -> CallRecord | None:
+    """The episode's call (the user's, or the contact's on the ladder) with this key."""
     ep = state.episode
-    if ep is None or ep.call is None or ep.call.key != call_key or ep.call.outcome != PENDING:
-        return False
-    ep.call.outcome, ep.call.detail = outcome, detail
+    if ep is None:
+        return None
+    for call in (ep.call, ep.ladder_call):
+        if call is not None and call.key == call_key:
+            return call
+    return None
+
+
+def settle_call(user: User | None, state: AlertState, call_key: str, outcome: str, detail: str,
+                now: float) -> tuple[bool, list[Action]]:
+    """Apply a call's final outcome to the state: whether anything changed (False for an
+    unknown or older call, or an outcome already known), and what to send now (after a 1,
+    the texts saying who is on it; they need `user`)."""
+    call = _call_record(state, call_key)
+    if call is None or call.outcome != PENDING:
+        return False, []
+    ep = state.episode
+    assert ep is not None
+    call.outcome, call.detail = outcome, detail
     if outcome != UNPLACED:
-        ep.call.queued = False  # an outcome from the provider: the call was placed
-    if outcome == ACKNOWLEDGED:
+        call.queued = False  # an outcome from the provider: the call was placed
+    if outcome != ACKNOWLEDGED:
+        return True, []
+    if user is None:
         ep.acknowledged_at = now
-    return True
+        return True, []
+    return True, acknowledge(user, ep, call.to or user.phone, "pressed 1", now)
+
+
+def record_call_outcome(state: AlertState, call_key: str, outcome: str, detail: str, now: float) -> bool:
+    """`settle_call` without the texts: whether the outcome changed the state."""
+    return settle_call(None, state, call_key, outcome, detail, now)[0]
 
 
 def record_call_placed(state: AlertState, call_key: str, now: float) -> bool:
     """The provider accepted the call: from now on it can be answered, or go unanswered.
     Returns False if nothing changed."""
-    ep = state.episode
-    if ep is None or ep.call is None or ep.call.key != call_key or not ep.call.queued:
+    call = _call_record(state, call_key)
+    if call is None or not call.queued or call.outcome != PENDING:
         return False
-    ep.call.queued, ep.call.placed_at = False, now
+    call.queued, call.placed_at = False, now
     return True
+
+
+def call_still_due(state: AlertState, call_key: str) -> bool:
+    """Whether a recorded alert call (the user's or a contact's) is still the episode's
+    pending, unplaced call: the only kind the send queue may place."""
+    call = _call_record(state, call_key)
+    return call is not None and call.outcome == PENDING and call.queued

@@ -16,15 +16,16 @@ from typing import Any
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
 from scout.alerts import (
     ACKNOWLEDGED,
-    PENDING,
     UNPLACED,
     Action,
     Decision,
     Rules,
     ack_snooze_for,
+    call_still_due,
     decide,
-    record_call_outcome,
+    person_name,
     record_call_placed,
+    settle_call,
 )
 from scout.cloudtasks import EnqueueError, SendTasks
 from scout.forecast import readings_wanted
@@ -76,6 +77,10 @@ def notes_for(user: User, entries: list[LogEntry]) -> list[Note]:
         if entry.purpose == "alert" and entry.kind == "call":
             spoken = entry.body.split(". That is")[0].rstrip(".")
             notes.append(Note(f"{entry.key}:note", "Announcement", f"Scout called: {spoken}."))
+        elif entry.purpose == "ladder":
+            notes.append(Note(f"{entry.key}:note", "Announcement",
+                              f"Scout called {person_name(user, entry.recipient)}: "
+                              f"{user.display_name} did not acknowledge the alert."))
     if contacts:
         notes.append(Note(f"{contacts[0].key.rsplit(':', 1)[0]}:note", "Announcement",
                           f"Scout texted {len(contacts)} contact(s): {user.display_name} did not answer the call."))
@@ -384,14 +389,15 @@ class Engine:
         if claimed.provider_id or claimed.outcome:
             self.store.update_log(claimed.key, status="sent", claimed_until=0.0)
             return True
-        if claimed.purpose != "alert":
+        if claimed.purpose not in ("alert", "ladder"):
             return False  # a test call from the settings page belongs to no episode
         state, _version = self.store.get_state(claimed.user_id)
-        call = state.episode.call if state.episode is not None else None
-        if call is not None and call.key == claimed.key and call.outcome == PENDING and call.queued:
+        if call_still_due(state, claimed.key):
             return False
-        status, why = ("sent", "the call was answered or settled") if call is not None and call.key == claimed.key \
-            else ("expired", "the alert this call was for has moved on")
+        ep = state.episode
+        known = ep is not None and claimed.key in {c.key for c in (ep.call, ep.ladder_call) if c is not None}
+        status, why = ("sent", "the call was answered or settled") if known and claimed.purpose == "alert" \
+            else ("expired", "the alert this call was for has moved on, or someone pressed 1")
         self.store.update_log(claimed.key, status=status, error=why, claimed_until=0.0)
         log_action("skipped", claimed, why=why)
         return True
@@ -454,26 +460,36 @@ class Engine:
         for _attempt in range(MAX_COMMIT_ATTEMPTS):
             state, version = self.store.get_state(user.id)
             updated: AlertState = state.copy()
-            if not record_call_outcome(updated, call_key, outcome, detail, self.clock()):
+            now = self.clock()
+            changed, actions = settle_call(user, updated, call_key, outcome, detail, now)
+            if not changed:
                 return False
-            if self.store.commit(user.id, updated, version, []):
+            told = [self._entry(user, action, now) for action in actions]
+            if self.store.commit(user.id, updated, version, told):
                 break
         else:
             raise StoreUnavailable(f"could not record the call outcome for {user.email}")
         log.info("call outcome: %s", outcome, extra={"fields": {
             "event": "call_outcome", "user": user.id, "key": mask_key(call_key), "outcome": outcome, "detail": detail}})
         if outcome == ACKNOWLEDGED:
-            # Nothing more is due at once after a 1: the snooze holds the calls and the next
-            # cycle sends any all-clear. Reading Nightscout here as well would let a hung site
-            # hold the provider's callback past its 15 s.
-            self.note_on_nightscout(user, [Note(f"{call_key}:ack:note", "Note", f"Scout: {user.display_name} pressed 1: "
-                                                                               "alert acknowledged.")])
+            # Nothing more is due at once after a 1 but the texts saying who is on it (recorded
+            # with the acknowledgement): the snooze holds the calls and the next cycle sends any
+            # all-clear. Reading Nightscout here as well would let a hung site hold the
+            # provider's callback past its 15 s.
+            for entry in told:
+                log_action("recorded", entry)
+                if not self.hand_off(entry, result):
+                    self.send(entry, result)
+            who = updated.episode.acknowledged_by if updated.episode is not None else user.display_name
+            self.note_on_nightscout(user, [Note(f"{call_key}:ack:note", "Note",
+                                                f"Scout: {who} pressed 1: alert acknowledged.")])
             return True
-        from_poller = poll is not None
         if poll is None:
             poll = self.fetch(user)
-        # a read made here, outside the poller's cycle, never counts toward an outage
-        decision, entries = self._decide_and_record(user, poll, count_failures=from_poller)
+        # A read made here, outside the poller's cycle, never counts toward an outage; nor does
+        # the poller's own poll again (it was counted when it was decided): the ladder can step
+        # through several unplaceable calls on one poll.
+        decision, entries = self._decide_and_record(user, poll, count_failures=False)
         self.deliver(user, entries, poll, result or UserResult(user.id, user.email, ok=True))
         if result is not None and decision.escalation:
             result.summary += f"; {decision.escalation}"

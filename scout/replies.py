@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from models import AlertState, LogEntry, User
-from scout.alerts import ACKNOWLEDGED, PENDING, UNANSWERED, Action
+from scout.alerts import ACKNOWLEDGED, Action, acknowledge, person_name
 
 ACKNOWLEDGING_WORDS = {"1", "ok", "okay"}
 ALL_CLEAR_ANSWERED = 6 * 3600  # a reply this long after an all-clear still gets "all clear already"
@@ -60,10 +60,7 @@ def stored_number(user: User, sender: str) -> str:
 
 def sender_name(user: User, sender: str) -> str:
     """'Ana' for the user, the contact's name as the user wrote it ('Ben'), or their number."""
-    if sender_role(user, sender) == "user":
-        return user.display_name
-    named = [c.name for c in user.contacts if c.name and digits_of(c.phone) == digits_of(sender)]
-    return named[0] if named else f"the contact at {stored_number(user, sender)}"
+    return person_name(user, stored_number(user, sender))
 
 
 @dataclass
@@ -119,7 +116,8 @@ def _acknowledge(user: User, state: AlertState, sender: str, channel: str, now: 
                  decision: ReplyDecision) -> ReplyDecision:
     current = state.episode
     assert current is not None
-    if (current.call is not None and current.call.outcome == ACKNOWLEDGED and current.acknowledged_at is not None
+    if (current.acknowledged_at is not None
+            and (current.last_call_at is None or current.acknowledged_at >= current.last_call_at)
             and now - current.acknowledged_at < snooze_minutes * 60):
         # someone is already on it: say so to this sender only, and keep the snooze as it is
         decision.actions.append(Action(
@@ -129,25 +127,15 @@ def _acknowledge(user: User, state: AlertState, sender: str, channel: str, now: 
     new = state.copy()
     ep = new.episode
     assert ep is not None
-    if ep.call is not None and ep.call.outcome in (PENDING, UNANSWERED):
-        ep.call.outcome, ep.call.detail = ACKNOWLEDGED, f"replied OK by text ({sender_name(user, sender)})"
-    ep.acknowledged_at = now
+    sender = stored_number(user, sender)
+    # the same acknowledgement as a 1 on a call: the ladder stops, the others are told once
+    told = acknowledge(user, ep, sender, "replied OK", now)
     decision.state = new
     decision.outcome = ACKNOWLEDGED
     decision.record = replace(decision.record, outcome=ACKNOWLEDGED)
-    who = sender_name(user, sender)
-    key = decision.record.key
-    sender = stored_number(user, sender)
     decision.actions.append(Action(
-        f"{key}:answer", channel, "reply_answer", sender,
+        f"{decision.record.key}:answer", channel, "reply_answer", sender,
         f"Scout: thank you, {user.display_name}'s {ep.kind} alert is acknowledged. Scout will call again in "
         f"{snooze_minutes} minutes if it is still {ep.kind}."))
-    told = {digits_of(sender)}
-    for phone, contact_channel in ep.alerted:
-        if digits_of(phone) in told:
-            continue
-        told.add(digits_of(phone))
-        decision.actions.append(Action(
-            f"{user.id}:{ep.id}:on_it:{phone}", contact_channel, "on_it", phone,
-            f"Scout: {who} replied OK and is on it ({user.display_name}'s {ep.kind} alert)."))
+    decision.actions.extend(told)
     return decision

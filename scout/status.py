@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import AlertState, LogEntry, User
-from scout.alerts import STALE_AFTER, Rules, ack_snooze_for, believe, is_fresh, urgent_high_long_enough, urgent_high_rule
+from scout.alerts import (
+    STALE_AFTER,
+    Rules,
+    ack_snooze_for,
+    believe,
+    is_fresh,
+    person_name,
+    urgent_high_long_enough,
+    urgent_high_rule,
+)
 from scout.readings import PollFailure, PollResult, Reading, Readings, format_value
 
 POLL_SECOND = 30  # the poller polls every minute at :30
@@ -24,6 +33,7 @@ STATUS_LOG_ENTRIES = 20  # the most recent alert log entries (of the last hour) 
 # page's recent alerts, the history, its CSV, the chart's markers): one table.
 PURPOSE_WORDS = {
     "alert": "Alert call",
+    "ladder": "Call to a contact",
     "contacts": "Text to a contact",
     "outage": "Nightscout down notice",
     "no_data": "No readings notice",
@@ -54,7 +64,7 @@ def direction(entry: LogEntry) -> str:
 
 
 # Alert log keys of an episode's actions: "<user>:<kind>-<start>:<call|contacts|all_clear>:..."
-EPISODE_KEY = re.compile(r":(?P<episode>(?:low|high)-\d+):(?P<step>call|contacts|all_clear):")
+EPISODE_KEY = re.compile(r":(?P<episode>(?:low|high)-\d+):(?P<step>call|ladder|contacts|on_it|all_clear):")
 # The call speech carries the value: "..., your blood glucose is 54 milligrams per deciliter ..."
 SPOKEN_VALUE = re.compile(r"blood glucose is (?P<value>\d+(?:\.\d)?) ")
 
@@ -157,13 +167,23 @@ def alert_status(user: User, state: AlertState, log: list[LogEntry], now: float)
     steps = _step(ep.started_at, f"Out of range ({ep.kind})")
     call = ep.call
     steps += _step(ep.last_call_at, f"Called you (call {ep.calls})")
+    acknowledged = ep.acknowledged_at is not None and (ep.last_call_at is None or ep.acknowledged_at >= ep.last_call_at)
+    who = "You" if not ep.acknowledged_by or ep.acknowledged_by == user.display_name else ep.acknowledged_by
+    ladder = ep.ladder_call
+    if ladder is not None:
+        steps += _step(ladder.placed_at, f"Called {person_name(user, ladder.to)}, your contact")
     if call is not None and call.outcome == "pending":
         headline, phase = "Calling you: waiting for you to press 1", "calling"
-    elif call is not None and call.outcome == "acknowledged":
+    elif acknowledged:
         wait = ack_snooze_for(ep, user, Rules())
         again = f"{wait / 3600:g} hours" if wait >= 3600 else f"{wait / 60:g} minutes"
-        headline, phase = f"You pressed 1: if you are still out of range, Scout calls again in {again}", "acknowledged"
-        steps += _step(ep.acknowledged_at, "You pressed 1")
+        headline, phase = f"{who} pressed 1: if you are still out of range, Scout calls again in {again}", "acknowledged"
+        steps += _step(ep.acknowledged_at, f"{who} pressed 1")
+    elif ladder is not None and ladder.outcome == "pending" and ep.ladder_active:
+        headline, phase = (f"No 1 pressed: Scout is calling {person_name(user, ladder.to)}, your contact, "
+                           "waiting for a 1"), "unanswered"
+        steps += _step(call.placed_at if call is not None else None,
+                       f"Call not acknowledged ({call.detail or 'no answer'})" if call is not None else "")
     elif call is not None:
         told = ep.kind != "high" or urgent_high_long_enough(user, ep, call.placed_at)
         headline = ("No 1 pressed: your contacts are told" if told else

@@ -6,9 +6,10 @@ X-Twilio-Signature against the public URL built from SITE_URL, Vonage's signed J
 that fails gets 403 and changes nothing.
 
 The call is found by the provider's call id stored when it was placed, never by a
-phone number. A call is acknowledged only by a 1 on the keypad; every other final
-status (no answer, busy, voicemail, completed without a key...) is unanswered, and
-the engine texts the contacts. The engine records an outcome once, so an event
+phone number; the user's call and a contact's call on the ladder alike. A call is
+acknowledged only by a 1 on the keypad (from a contact, it acknowledges for everyone);
+every other final status (no answer, busy, voicemail, completed without a key...) is
+unanswered, and the engine texts the contacts or calls the next one. The engine records an outcome once, so an event
 delivered twice acts once, and an unknown call id changes nothing.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from models import AlertState
+from models import AlertState, Contact
 from scout.alerts import Decision, Rules, decide, record_call_outcome, record_call_placed
 from scout.readings import PollFailure, Reading, Readings, SensorError
 from tests.conftest import make_user
@@ -86,7 +86,7 @@ def test_no_second_call_within_wait_after_call(elapsed: float, expect_call: bool
 def test_wait_after_call_is_configurable() -> None:
     state = call_then("unanswered")
     d = decide(USER, readings(54), state, NOW + 200, Rules(wait_after_call=300))
-    assert "call" not in [a.kind for a in d.actions]
+    assert "alert" not in [a.purpose for a in d.actions]
 
 
 def test_an_unanswered_call_texts_every_contact_by_their_channel_with_the_fresh_value() -> None:
@@ -96,6 +96,7 @@ def test_an_unanswered_call_texts_every_contact_by_their_channel_with_the_fresh_
         ("contacts", "sms", "+14155552672"),
         ("contacts", "whatsapp", "+14155552673"),
         ("contacts", "sms", "+14155552674"),
+        ("ladder", "call", "+14155552672"),  # and the ladder's first call, to the emergency contact
     ]
     assert "Ana did not answer" in d.actions[0].text
     assert "51 mg/dL and falling" in d.actions[0].text
@@ -114,7 +115,7 @@ def test_a_call_with_no_final_status_after_5_minutes_counts_as_unanswered() -> N
     before = decide(USER, readings(54), state, NOW + 299, RULES)
     assert [a.purpose for a in before.actions] == []
     after = decide(USER, readings(54), state, NOW + 300, RULES)
-    assert [a.purpose for a in after.actions] == ["contacts"] * 3 + ["alert"]  # and the next call
+    assert [a.purpose for a in after.actions] == ["contacts"] * 3 + ["ladder", "alert"]  # the ladder and the next call
     assert "no final call status arrived" in after.line
 
 
@@ -264,3 +265,85 @@ def test_a_user_without_contacts_is_still_called() -> None:
     state = call_then("unanswered")
     d = decide(user, readings(54), state, NOW + 120, RULES)
     assert [a.kind for a in d.actions] == ["call"]
+
+
+# --- the ladder ---------------------------------------------------------------------------
+
+
+def ladder_calls(decision: Decision) -> list[str]:
+    return [a.recipient for a in decision.actions if a.purpose == "ladder"]
+
+
+def test_the_ladder_calls_one_contact_at_a_time_in_order_and_restarts_at_the_next_repeat() -> None:
+    from scout.alerts import settle_call
+
+    state = call_then("unanswered", "no-answer")
+    d = decide(USER, readings(54), state, NOW + 40, RULES)
+    assert ladder_calls(d) == ["+14155552672"]  # the emergency contact first
+    state = d.state
+    assert decide(USER, readings(54), state, NOW + 60, RULES).actions == []  # Bo's call still rings
+    for at, nxt in ((NOW + 70, "+14155552673"), (NOW + 100, "+14155552674")):
+        ladder = state.episode.ladder_call  # type: ignore[union-attr]
+        assert ladder is not None and record_call_placed(state, ladder.key, at - 5)
+        assert settle_call(USER, state, ladder.key, "unanswered", "busy", at) == (True, [])
+        d = decide(USER, readings(54), state, at, RULES)
+        assert ladder_calls(d) == [nxt]
+        state = d.state
+    ladder = state.episode.ladder_call  # type: ignore[union-attr]
+    assert ladder is not None and record_call_outcome(state, ladder.key, "unanswered", "busy", NOW + 119)
+    d = decide(USER, readings(54), state, NOW + 119, RULES)
+    assert ladder_calls(d) == [] and not d.state.episode.ladder_active  # type: ignore[union-attr]
+    d = decide(USER, readings(54), d.state, NOW + 120, RULES)  # WAIT_AFTER_CALL: Ana's next call
+    assert [a.purpose for a in d.actions] == ["alert"]
+    state = d.state
+    assert record_call_outcome(state, state.episode.call.key, "unanswered", "busy", NOW + 150)  # type: ignore[union-attr]
+    d = decide(USER, readings(54), state, NOW + 150, RULES)
+    assert ladder_calls(d) == ["+14155552672"]  # a new round, from the emergency contact
+    assert d.actions[-1].key.endswith(":ladder:2:1")
+
+
+def test_a_1_from_a_contact_stops_the_ladder_and_tells_everyone_else_once() -> None:
+    from scout.alerts import settle_call
+
+    state = decide(USER, readings(54), call_then("unanswered", "no-answer"), NOW + 40, RULES).state
+    ladder = state.episode.ladder_call  # type: ignore[union-attr]
+    assert ladder is not None
+    changed, told = settle_call(USER, state, ladder.key, "acknowledged", "pressed 1", NOW + 60)
+    assert changed
+    text = "Scout: the contact at +14155552672 pressed 1 and is on it (Ana's low alert)."
+    assert [(a.purpose, a.kind, a.recipient, a.text) for a in told] == [
+        ("on_it", "sms", "+14155552671", text), ("on_it", "whatsapp", "+14155552673", text),
+        ("on_it", "sms", "+14155552674", text)]
+    assert settle_call(USER, state, ladder.key, "acknowledged", "pressed 1", NOW + 61) == (False, [])  # replayed
+    # an urgent low (54): nobody is called for 5 minutes, then Ana first
+    quiet = decide(USER, readings(54, now=NOW + 359), state, NOW + 359, RULES)
+    assert [a for a in quiet.actions if a.kind == "call"] == []
+    due = decide(USER, readings(54, now=NOW + 360), state, NOW + 360, RULES)
+    assert [(a.purpose, a.recipient) for a in due.actions if a.kind == "call"] == [("alert", "+14155552671")]
+
+
+def test_a_contact_call_never_placed_is_could_not_reach_for_the_next_one() -> None:
+    user = make_user(emergency_contact=Contact("+14155552672", "sms", "Bo"),
+                     extra_contacts=(Contact("+14155552673", "sms", "Ben", mode="text"),
+                                     Contact("+14155552674", "sms", "Cy")))
+    state = decide(user, readings(54), AlertState(), NOW, RULES).state
+    assert record_call_outcome(state, state.episode.call.key, "unplaced", "refused", NOW + 1)  # type: ignore[union-attr]
+    state = decide(user, readings(54), state, NOW + 2, RULES).state
+    ladder = state.episode.ladder_call  # type: ignore[union-attr]
+    assert ladder is not None and ladder.to == "+14155552672"
+    # nobody placed Bo's call: after the backstop it is "unplaced", and Cy (Ben is text only) is next
+    d = decide(user, readings(54, now=NOW + 2 + 300), state, NOW + 2 + 300, RULES)
+    (cy,) = [a for a in d.actions if a.purpose == "ladder"]
+    assert cy.recipient == "+14155552674"
+    assert "Scout could not reach Ana by phone. Scout could not reach Bo by phone either." in cy.text
+    assert "did not answer" not in cy.text and cy.text.endswith("Press 1 if you will check on Ana.")
+
+
+def test_an_unnamed_contact_is_named_by_number_and_the_sentence_still_starts_with_a_capital() -> None:
+    state = call_then("unanswered", "no-answer")
+    state = decide(USER, readings(54), state, NOW + 40, RULES).state  # the emergency contact (unnamed) is called
+    ladder = state.episode.ladder_call  # type: ignore[union-attr]
+    assert ladder is not None and record_call_outcome(state, ladder.key, "unanswered", "no-answer", NOW + 80)
+    (next_call,) = [a for a in decide(USER, readings(54), state, NOW + 80, RULES).actions if a.purpose == "ladder"]
+    assert next_call.text.startswith("Hello. This is Scout, calling about Ana.")
+    assert "The contact at +14155552672 did not answer either." in next_call.text

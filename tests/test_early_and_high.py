@@ -21,7 +21,8 @@ def spoken(trace: Trace) -> list[str]:
 
 
 def calls(trace: Trace, user_id: str = "ana") -> list[str]:
-    return [e.body for e in trace.log(user_id) if e.kind == "call"]
+    """What Scout's calls to the user said (not the ladder's calls to their contacts)."""
+    return [e.body for e in trace.log(user_id) if e.purpose == "alert"]
 
 
 # --- a predicted low ----------------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_lows_keep_the_two_minute_repeat() -> None:
     assert d.state.episode is not None and d.state.episode.call is not None
     record_call_outcome(d.state, d.state.episode.call.key, "unanswered", "no-answer", now + 40)
     d2 = decide(user, Readings((Reading(60, now + 60, "Flat"),)), d.state, now + 120, rules)
-    assert [a.kind for a in d2.actions if a.kind == "call"] == ["call"]
+    assert [a.kind for a in d2.actions if a.purpose == "alert"] == ["call"]
 
 
 # --- urgent lows -------------------------------------------------------------------------------

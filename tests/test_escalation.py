@@ -31,6 +31,8 @@ OUTCOMES = {
 }
 
 CALLED = ("call", "alert", USER_PHONE, "sent")
+# the ladder's first step: the emergency contact is called (and is then texted like everyone)
+LADDER_FIRST = ("call", "ladder", EMERGENCY, "sent")
 CONTACTS_TEXTED = [
     ("sms", "contacts", EMERGENCY, "sent"),
     ("sms", "contacts", EXTRA_SMS, "sent"),
@@ -57,13 +59,13 @@ def test_every_call_not_acknowledged_texts_the_emergency_contact_and_the_extra_c
     status, digits, answered_by = OUTCOMES[scout.provider][outcome]
     scout.finish_call(status, digits, answered_by)
 
-    assert scout.who_got_what() == sorted([CALLED, *CONTACTS_TEXTED])
+    assert scout.who_got_what() == sorted([CALLED, LADDER_FIRST, *CONTACTS_TEXTED])
     texts = {e.recipient: e.body for e in scout.log() if e.purpose == "contacts"}
     for text in texts.values():
         assert text.startswith("Scout alert: Ana did not answer a call about a low blood glucose.")
         assert "54 mg/dL and falling, read at" in text and "minute ago" in text
     assert len(scout.messages()) == 3
-    call = next(e for e in scout.log() if e.kind == "call")
+    call = next(e for e in scout.log() if e.purpose == "alert")
     assert call.outcome.startswith("unanswered: ")
 
 
@@ -74,7 +76,7 @@ def test_a_hung_nightscout_does_not_hold_the_webhook_and_the_contacts_are_still_
     status, digits, answered_by = OUTCOMES[scout.provider]["no-answer"]
     assert all(code in (200, 204) for code in scout.finish_call(status, digits, answered_by))
     assert time.monotonic() - started < 6.5  # inside the provider's 15 s webhook timeout
-    assert scout.who_got_what() == sorted([CALLED, *CONTACTS_TEXTED])
+    assert scout.who_got_what() == sorted([CALLED, LADDER_FIRST, *CONTACTS_TEXTED])
     for entry in scout.log():
         if entry.purpose == "contacts":
             assert "Scout cannot read their Nightscout right now; their last alert was for a low." in entry.body
@@ -89,7 +91,7 @@ def test_a_voicemail_then_the_end_of_the_call_texts_the_contacts_once(scout: Sco
         scout.finish_call("completed", answered_by="machine_start")
         scout.finish_call("completed", answered_by="machine_start")
     assert len(scout.messages()) == 3
-    assert "voicemail" in next(e for e in scout.log() if e.kind == "call").outcome
+    assert "voicemail" in next(e for e in scout.log() if e.purpose == "alert").outcome
 
 
 def test_a_lost_callback_escalates_on_the_poller_after_five_minutes(scout: Scout) -> None:
@@ -126,7 +128,7 @@ def test_a_provider_error_then_success_sends_each_message_once(scout: Scout, fak
     scout.finish_call(*OUTCOMES[scout.provider]["no-answer"])
     assert [r.status for r in fake.received(api)].count(500) == 1
     assert len(fake.answered(api)) == 3 and len(scout.messages()) == 3
-    assert scout.who_got_what() == sorted([CALLED, *CONTACTS_TEXTED])
+    assert scout.who_got_what() == sorted([CALLED, LADDER_FIRST, *CONTACTS_TEXTED])
 
 
 def test_an_invalid_contact_number_is_recorded_as_permanent_and_the_others_are_still_texted(
@@ -144,14 +146,14 @@ def test_an_invalid_contact_number_is_recorded_as_permanent_and_the_others_are_s
     scout.poll()
     scout.finish_call(*OUTCOMES[scout.provider]["no-answer"])
     assert scout.who_got_what() == sorted([
-        CALLED, ("sms", "contacts", EMERGENCY, "permanent"), ("sms", "contacts", EXTRA_SMS, "sent"),
+        CALLED, LADDER_FIRST, ("sms", "contacts", EMERGENCY, "permanent"), ("sms", "contacts", EXTRA_SMS, "sent"),
         ("whatsapp", "contacts", WHATSAPP_CONTACT, "sent"),
     ])
-    refused = next(e for e in scout.log() if e.recipient == EMERGENCY)
+    refused = next(e for e in scout.log() if e.recipient == EMERGENCY and e.purpose == "contacts")
     assert refused.error.startswith(f"{code}: ") and refused.provider == scout.provider
     # a permanent refusal is not retried by later cycles
     scout.poll(after=60)
-    assert next(e for e in scout.log() if e.recipient == EMERGENCY).attempts == 1
+    assert next(e for e in scout.log() if e.recipient == EMERGENCY and e.purpose == "contacts").attempts == 1
 
 
 def test_a_call_the_provider_refuses_texts_the_contacts_at_once(scout: Scout, fake: FakeProviders) -> None:
@@ -162,8 +164,11 @@ def test_a_call_the_provider_refuses_texts_the_contacts_at_once(scout: Scout, fa
         fake.fail("vonage.calls", 402, {"type": "https://developer.vonage.com/api-errors/#low-balance",
                                         "title": "Low balance"}, times=None)
     summary = scout.poll()
-    assert scout.who_got_what() == sorted([("call", "alert", USER_PHONE, "permanent"), *CONTACTS_TEXTED])
-    call = next(e for e in scout.log() if e.kind == "call")
+    # every call is refused: the ladder goes on through every contact, each "could not reach"
+    refused_ladder = [("call", "ladder", phone, "permanent") for phone in (EMERGENCY, WHATSAPP_CONTACT, EXTRA_SMS)]
+    assert scout.who_got_what() == sorted([("call", "alert", USER_PHONE, "permanent"), *refused_ladder,
+                                           *CONTACTS_TEXTED])
+    call = next(e for e in scout.log() if e.purpose == "alert")
     assert call.error.startswith("21608: " if scout.provider == "twilio" else "low-balance: ")
     assert "call could not be placed" in summary.results[0].summary
     # the contacts are told the truth: the call never rang, so nobody "did not answer" it

@@ -232,8 +232,9 @@ def test_signing_in_adopts_a_tutorial_era_document_under_the_google_id_in_scouts
     assert doc_id == "google-sub-1"
     assert document["sub"] == "google-sub-1" and document["email"] == "ana@example.com"
     assert document["phone"] == "+50588888888" and document["emerg_contact"] == "+50588888889"
-    assert document["extra_contacts"] == [{"phone": "+50588888890", "channel": "sms"},
-                                          {"phone": "+50588888891", "channel": "sms"}]
+    # a tutorial-era contact had no mode: it is called on the ladder ("call"), as every contact by default
+    assert document["extra_contacts"] == [{"phone": "+50588888890", "channel": "sms", "mode": "call"},
+                                          {"phone": "+50588888891", "channel": "sms", "mode": "call"}]
     assert document["nightscout_api"] == TUTORIAL_DOCUMENT["nightscout_api"]
     assert firestore_store.get_user("google-sub-1") == tutorial_user("google-sub-1")
 
@@ -266,15 +267,18 @@ def test_a_low_calls_once_and_the_unanswered_console_call_texts_every_contact_on
     finally:
         poller.close()
     log = sorted((e.kind, e.purpose, e.recipient, e.status) for e in firestore_store.user_log("sub-ana"))
-    assert log == [
+    assert log == [  # nobody can answer the console: the ladder calls each contact in turn
         ("call", "alert", "+14155552671", "sent"),
+        ("call", "ladder", "+14155552672", "sent"),
+        ("call", "ladder", "+14155552673", "sent"),
+        ("call", "ladder", "+14155552674", "sent"),
         ("sms", "contacts", "+14155552672", "sent"),
         ("sms", "contacts", "+14155552674", "sent"),
         ("whatsapp", "contacts", "+14155552673", "sent"),
     ]
-    assert summary.counts["calls"] == 1 and summary.counts["messages"] == 3
+    assert summary.counts["calls"] == 4 and summary.counts["messages"] == 3
     assert again.counts["calls"] == 0 and again.counts["messages"] == 0
-    call = next(e for e in firestore_store.user_log("sub-ana") if e.kind == "call")
+    call = next(e for e in firestore_store.user_log("sub-ana") if e.purpose == "alert")
     assert call.outcome == "unanswered" and firestore_store.find_log_by_provider_id(call.provider_id) == call
     assert "Ana, your blood glucose is 54 milligrams per deciliter and falling" in caplog.text
     assert firestore_store.last_cycle() is not None

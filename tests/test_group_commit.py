@@ -51,7 +51,8 @@ def test_the_fast_as_dict_gives_exactly_what_dataclasses_asdict_gives_and_shares
             plain["episode"]["alerted"][0][0] = "changed"
             assert state.episode.alerted[0][0] == "+14155552672"
     user = make_user(extra_contacts=(Contact("+14155552673", "whatsapp", "Bo"),))
-    assert user.as_dict()["extra_contacts"] == [{"phone": "+14155552673", "channel": "whatsapp", "name": "Bo"}]
+    assert user.as_dict()["extra_contacts"] == [{"phone": "+14155552673", "channel": "whatsapp", "mode": "call",
+                                                   "name": "Bo"}]
     assert User.from_dict(user.as_dict()) == user
     logged = LogEntry(key="k", user_id="u", kind="call", purpose="alert", recipient="+1", body="b", created_at=1.0)
     assert logged.as_dict() == dataclasses.asdict(logged)

@@ -55,7 +55,7 @@ def pollers(config: Config, low_user: Any) -> Iterator[tuple[Poller, Poller, Clo
 
 
 def calls(store: Any) -> int:
-    return [e.kind for e in store.user_log("sub-ana")].count("call")
+    return [e.purpose for e in store.user_log("sub-ana")].count("alert")
 
 
 def test_only_the_lease_holder_acts(pollers: tuple[Poller, Poller, Clock], low_user: Any) -> None:

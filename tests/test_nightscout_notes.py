@@ -104,15 +104,20 @@ def test_calls_escalations_acknowledgements_and_the_all_clear_are_noted_once(not
     scout.poll(after=150)  # back in range: all clear
 
     kinds = [(t["eventType"], t["notes"].split(":")[0]) for t in site.treatments]
-    assert kinds == [("Announcement", "Scout called"), ("Announcement", "Scout texted 3 contact(s)"),
+    assert kinds == [("Announcement", "Scout called"),
+                     ("Announcement", "Scout called the contact at +14155552672"),  # the ladder's first call
+                     ("Announcement", "Scout texted 3 contact(s)"),
                      ("Announcement", "Scout called"), ("Note", "Scout"), ("Note", "Scout")]
     assert all(t["enteredBy"] == "Scout" and t["created_at"].endswith("Z") for t in site.treatments)
     assert site.treatments[0]["notes"].startswith("Scout called: Ana, your blood glucose is 54 milligrams per deciliter")
-    assert site.treatments[3]["notes"] == "Scout: Ana pressed 1: alert acknowledged."
-    assert site.treatments[4]["notes"] == "Scout: back in range; all clear sent to 4."
-    assert [e.status for e in notes(scout)] == ["sent"] * 5
-    # the alerts themselves all went out
-    assert len([e for e in scout.log() if e.kind == "call" and e.status == "sent"]) == 2
+    assert site.treatments[1]["notes"] == "Scout called the contact at +14155552672: Ana did not acknowledge the alert."
+    assert site.treatments[4]["notes"] == "Scout: Ana pressed 1: alert acknowledged."
+    assert site.treatments[5]["notes"] == "Scout: back in range; all clear sent to 4."
+    assert [e.status for e in notes(scout)] == ["sent"] * 6
+    # the alerts themselves all went out: Ana's two calls, the emergency contact's, and one
+    # "Ana pressed 1 and is on it" to each contact
+    assert len([e for e in scout.log() if e.kind == "call" and e.status == "sent"]) == 3
+    assert len([e for e in scout.log() if e.purpose == "on_it" and e.status == "sent"]) == 3
     assert len([e for e in scout.log() if e.purpose == "all_clear" and e.status == "sent"]) == 4
 
 
@@ -122,14 +127,15 @@ def test_a_token_without_the_careportal_role_is_refused_and_the_alerts_still_go_
     unanswered = {"twilio": ("no-answer",), "vonage": ("unanswered",)}[scout.provider]
     scout.poll()
     scout.finish_call(*unanswered)
-    assert site.treatments == [] and site.refused_posts == 2  # the call, then the escalation: tried once each
+    # the call, the ladder's call to the emergency contact, the texts: tried once each
+    assert site.treatments == [] and site.refused_posts == 3
     assert [(e.kind, e.status) for e in scout.log() if e.purpose in ("alert", "contacts")].count(("call", "sent")) == 1
     assert len([e for e in scout.log() if e.purpose == "contacts" and e.status == "sent"]) == 3
     refused = notes(scout)
-    assert [e.status for e in refused] == ["permanent", "permanent"]
+    assert [e.status for e in refused] == ["permanent"] * 3
     assert "HTTP 401" in refused[0].error and "careportal" in refused[0].error
     scout.poll(after=150)  # the next call: a new note is tried, the old ones are not retried
-    assert site.refused_posts == 3
+    assert site.refused_posts == 4
 
 
 def test_the_api_secret_can_write_notes(notes_scout: Scout) -> None:

@@ -138,4 +138,6 @@ def test_an_unanswered_urgent_low_call_during_a_pause_reaches_the_contacts_even_
     d = decide(PAUSED, readings(62, 50, now=later), state, later, RULES)  # still low, above the urgent line
     texted = {a.recipient for a in d.actions if a.purpose == "contacts"}
     assert PAUSED.emergency_contact is not None and PAUSED.emergency_contact.phone in texted
-    assert not [a for a in d.actions if a.kind == "call"]  # the pause still holds a new call for 62
+    assert not [a for a in d.actions if a.purpose == "alert"]  # the pause still holds a new call for 62
+    # the unanswered urgent low starts the ladder at once: the emergency contact is called
+    assert [a.recipient for a in d.actions if a.purpose == "ladder"] == [PAUSED.emergency_contact.phone]

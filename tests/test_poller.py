@@ -37,14 +37,18 @@ def test_a_low_calls_once_and_the_unanswered_console_call_texts_every_contact(
     store.save_user(make_user(low_site.url_for("/api/v1/entries.json")))
     caplog.set_level(logging.DEBUG)  # the console shows what it says at DEBUG: values stay out of INFO logs
     summary = Poller(config, store=store).run_cycle()
+    # nobody can answer the console: the ladder calls each contact in turn, each unanswered
     assert sent(store) == [
         ("call", "alert", "+14155552671", "sent"),
+        ("call", "ladder", "+14155552672", "sent"),
+        ("call", "ladder", "+14155552673", "sent"),
+        ("call", "ladder", "+14155552674", "sent"),
         ("sms", "contacts", "+14155552672", "sent"),
         ("sms", "contacts", "+14155552674", "sent"),
         ("whatsapp", "contacts", "+14155552673", "sent"),
     ]
-    assert summary.counts["calls"] == 1 and summary.counts["messages"] == 3
-    call = next(e for e in store.user_log("sub-ana") if e.kind == "call")
+    assert summary.counts["calls"] == 4 and summary.counts["messages"] == 3
+    call = next(e for e in store.user_log("sub-ana") if e.purpose == "alert")
     assert call.provider == "console" and call.provider_id.startswith("console-call-")
     assert call.outcome == "unanswered"
     assert "Ana, your blood glucose is 54 milligrams per deciliter and falling" in caplog.text
@@ -71,7 +75,7 @@ def test_the_next_call_comes_after_wait_after_call(config: Config, store: Sqlite
     poller.run_cycle()
     clock[0] += 121
     poller.run_cycle()
-    assert [e.kind for e in store.user_log("sub-ana")].count("call") == 2
+    assert [e.purpose for e in store.user_log("sub-ana")].count("alert") == 2
 
 
 HANG_S = 8.0
@@ -97,7 +101,7 @@ def test_one_hung_or_broken_site_delays_nobody_else(
     started = time.monotonic()
     summary = poller.run_cycle()
     by_user = {r.user_id: r for r in summary.results}
-    assert [e.kind for e in store.user_log("low")].count("call") == 1
+    assert [e.purpose for e in store.user_log("low")].count("alert") == 1
     assert by_user["low"].decided_at < by_user["hung"].decided_at  # not held up by the hung site
     assert by_user["hung"].reason == "timeout"
     assert by_user["html"].reason == "not_json"
@@ -120,7 +124,7 @@ def test_a_user_changed_on_the_page_is_polled_with_the_new_settings_next_cycle(
     assert store.user_log("sub-ana") == []
     store.save_user(make_user(httpserver.url_for("/low/")))
     poller.run_cycle()
-    assert [e.kind for e in store.user_log("sub-ana")].count("call") == 1
+    assert [e.purpose for e in store.user_log("sub-ana")].count("alert") == 1
 
 
 def test_users_without_a_nightscout_url_or_phone_are_not_polled(config: Config, store: SqliteStore) -> None:
@@ -163,12 +167,13 @@ def test_a_decision_is_recorded_while_another_users_alert_is_still_being_sent(
             deadline = time.monotonic() + 5
             while not [e for e in store.user_log(other) if e.kind == "call"] and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert [(e.kind, e.status) for e in store.user_log(other) if e.kind == "call"] == [("call", "pending")]
+            assert [(e.purpose, e.status) for e in store.user_log(other) if e.kind == "call"] == [("alert", "pending")]
         finally:
             messenger.release.set()
         summary = cycle.result(10)
     poller.close()
-    assert summary.error == "" and summary.counts["calls"] == 2 and summary.counts["messages"] == 6
+    # each user's call and the ladder's three (the console's calls all go unanswered)
+    assert summary.error == "" and summary.counts["calls"] == 2 * 4 and summary.counts["messages"] == 6
     assert all(e.status == "sent" for user in ("ana", "ben") for e in store.user_log(user))
 
 

@@ -92,7 +92,7 @@ def test_a_user_in_an_alert_episode_is_polled_first_even_when_their_site_was_slo
     poller = Poller(one_lane_config(tmp_path), store=store)
     poller.engine.nightscout_timeout = (1.0, 1.0)
     poller.run_cycle()
-    assert [e.kind for e in store.user_log("z-low")].count("call") == 1
+    assert [e.purpose for e in store.user_log("z-low")].count("alert") == 1
     sites.round()
     sites.values["z-low"] = (150, 150)  # back in range on a site that is now hung
     sites.hung.add("z-low")
@@ -167,11 +167,11 @@ def test_two_processes_poll_every_user_exactly_once_and_record_one_cycle(
         assert all(p["users"] > 0 for p in summary.processes)
         assert {p["pid"] for p in summary.processes} != {os.getpid()}  # a second process did poll
         for name in names:
-            calls = [e for e in store.user_log(name) if e.kind == "call"]
+            calls = [e for e in store.user_log(name) if e.purpose == "alert"]
             assert len(calls) == (1 if name in ("u03", "u11") else 0), name
         recorded = store.last_cycle()
         assert recorded is not None and recorded.summary["users"] == 16 and recorded.summary["processes"] == 2
-        assert summary.counts["calls"] == 2
+        assert summary.counts["calls"] == 2 * 4  # each low user's call, and the ladder's three (console: unanswered)
     finally:
         poller.close()
 

@@ -77,12 +77,15 @@ def test_ok_from_a_contact_acknowledges_for_everyone_and_the_others_are_told_onc
     assert sent(scout, "reply_answer") == [(EMERGENCY, "Scout: thank you, Ana's low alert is acknowledged. "
                                                       "Scout will call again in 15 minutes if it is still low.")]
     told = "Scout: the contact at +14155552672 replied OK and is on it (Ana's low alert)."
-    assert sent(scout, "on_it") == [(WHATSAPP_CONTACT, told), (EXTRA_SMS, told)]
-    assert len(scout.messages()) == 3 + 3  # the contacts' alert texts, then the answer and two "on it"
+    everyone_else = sorted([(USER_PHONE, told), (WHATSAPP_CONTACT, told), (EXTRA_SMS, told)])
+    assert sent(scout, "on_it") == everyone_else  # the user too: she was called
+    assert len(scout.messages()) == 3 + 4  # the contacts' alert texts, then the answer and three "on it"
+    # the emergency contact was being called on the ladder: nobody after them is called
+    assert ep.ladder_active is False
 
     # a second OK, from another contact: told it is already in hand; nobody else is told again
     assert reply(scout, EXTRA_SMS, " ok. ") in (200, 204)
-    assert sent(scout, "on_it") == [(WHATSAPP_CONTACT, told), (EXTRA_SMS, told)]
+    assert sent(scout, "on_it") == everyone_else
     assert (EXTRA_SMS, "Scout: Ana's low alert is already acknowledged.") in sent(scout, "reply_answer")
 
     calls = len([e for e in scout.log() if e.kind == "call"])
@@ -194,7 +197,8 @@ def test_the_others_are_told_the_contacts_name_when_the_user_gave_one() -> None:
                                        alerted=[["+14155552672", "sms"], ["+14155552673", "whatsapp"]]))
     decided = decide_reply(user, state, [], "+14155552672", "sms", "1", "k1", 100.0)
     told = [(a.recipient, a.text) for a in decided.actions if a.purpose == "on_it"]
-    assert told == [("+14155552673", "Scout: Ben replied OK and is on it (Ana's low alert).")]
+    text = "Scout: Ben replied OK and is on it (Ana's low alert)."
+    assert told == [("+14155552671", text), ("+14155552673", text)]  # Ana was called: she is told too
 
 
 def test_an_urgent_low_acknowledged_by_text_is_called_again_after_5_minutes(scout: Scout) -> None:

@@ -110,14 +110,19 @@ def test_each_call_and_text_goes_once_through_its_queue_and_both_instances_send(
     poller = sending.lease_holder()
     try:
         run_cycle(sending, poller)
-        expected = len(low) + len(refused.contacts)  # a call each, and the refused one's contacts texted
+        # a call each; the refused one's contacts texted, and the first of them called (the ladder;
+        # nobody answers it here, so the next contact's call waits for its outcome)
+        expected = len(low) + len(refused.contacts) + 1
         wait_for(lambda: sending.settled(expected), 90, "every call and text to be settled")
         time.sleep(0.5)  # anything doubled would arrive now
     finally:
         poller.close()
     sends = sending.sends()
-    calls = {e.user_id: e for e in sends if e.kind == "call"}
-    assert set(calls) == {u.id for u in low} and len(calls) == sum(e.kind == "call" for e in sends)
+    calls = {e.user_id: e for e in sends if e.purpose == "alert"}
+    assert set(calls) == {u.id for u in low} and len(calls) == sum(e.purpose == "alert" for e in sends)
+    (ladder,) = [e for e in sends if e.purpose == "ladder"]
+    assert refused.emergency_contact is not None
+    assert (ladder.user_id, ladder.recipient, ladder.status) == (refused.id, refused.emergency_contact.phone, "sent")
     assert calls[refused.id].status == "permanent" and "21211" in calls[refused.id].error
     assert all(calls[u.id].status == "sent" and calls[u.id].attempts == 1 for u in low[1:])
     texts = [e for e in sends if e.kind != "call"]
@@ -134,7 +139,7 @@ def test_each_call_and_text_goes_once_through_its_queue_and_both_instances_send(
     assert {f.instance for f in served} == {0, 1}
     # the provider placed each call and took each text exactly once
     placed = provider_ids(fake, "twilio.calls")
-    assert sorted(placed) == sorted(calls[u.id].provider_id for u in low[1:])
+    assert sorted(placed) == sorted([calls[u.id].provider_id for u in low[1:]] + [ladder.provider_id])
     assert len([r for r in fake.received("twilio.calls") if r.recipient == refused.phone]) == 1  # never retried
     assert sorted(provider_ids(fake, "twilio.messages")) == sorted(e.provider_id for e in texts)
     assert all(not sending.store.user_log(u.id) for u in fine)

@@ -83,6 +83,29 @@ def test_the_alert_under_way_moves_from_calling_to_acknowledged_to_all_clear() -
     assert alert_status(USER, AlertState(), [replace(clear, created_at=NOW - 7200)], NOW) is None
 
 
+def test_the_status_names_the_contact_being_called_and_the_one_who_pressed_1() -> None:
+    from models import Contact
+
+    user = replace(USER, emergency_contact=Contact("+14155552672", "sms", "Bo"))
+    ep = Episode(id="low-1", kind="low", started_at=NOW - 300, calls=1, last_call_at=NOW - 240,
+                 call=CallRecord(key="k", placed_at=NOW - 240, outcome="unplaced", detail="refused"),
+                 ladder_round=1, ladder_step=1, ladder_active=True,
+                 ladder_call=CallRecord(key="l", placed_at=NOW - 200, to="+14155552672"))
+    shown = alert_status(user, AlertState(episode=ep), [], NOW) or {}
+    assert shown["headline"] == "No 1 pressed: Scout is calling Bo, your contact, waiting for a 1"
+    assert "Called Bo, your contact" in [s["text"] for s in shown["steps"]]
+    # Bo pressed 1 (Ana's call was never placed, so its record stays "unplaced"): acknowledged
+    ep.acknowledged_at, ep.acknowledged_by, ep.ladder_active = NOW - 100, "Bo", False
+    ep.ladder_call = CallRecord(key="l", placed_at=NOW - 200, to="+14155552672", outcome="acknowledged")
+    shown = alert_status(user, AlertState(episode=ep), [], NOW) or {}
+    assert shown["state"] == "acknowledged"
+    assert shown["headline"] == "Bo pressed 1: if you are still out of range, Scout calls again in 15 minutes"
+    ladder = LogEntry("dev:ana@example.com:low-1:ladder:1:1", "dev:ana@example.com", "call", "ladder",
+                      "+14155552672", "Hello Bo.", NOW - 200)
+    alert = replace(ladder, key="dev:ana@example.com:low-1:call:1", purpose="alert", created_at=NOW - 240)
+    assert [len(g.entries) for g in episodes([ladder, alert])] == [2]  # the contact's call is in the episode
+
+
 def call(key: str, at: float, **changes: object) -> LogEntry:
     entry = LogEntry(key, "dev:ana@example.com", "call", "alert", "+14155552671",
                      "Ana, your blood glucose is 54 milligrams per deciliter and falling.", at, status="sent")

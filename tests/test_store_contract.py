@@ -317,8 +317,8 @@ def every_field_set() -> User:
     user = User(
         id="sub-full", email="full@example.com", name="Ana Full", nightscout_url="https://ana.example.org/",
         nightscout_token="tok-123", nightscout_api_secret="secret-abcdefghij", phone="+14155552671",
-        emergency_contact=Contact("+14155552672", "whatsapp", "Bo"),
-        extra_contacts=(Contact("+14155552673", "sms", "Cy"), Contact("+14155552674", "whatsapp")),
+        emergency_contact=Contact("+14155552672", "whatsapp", "Bo", mode="text"),
+        extra_contacts=(Contact("+14155552673", "sms", "Cy", mode="text"), Contact("+14155552674", "whatsapp")),
         units="mmol/L", low_mgdl=72.0, high_mgdl=250.0, urgent_low_mgdl=50.0, paused_until=T0 + 3600,
         nightscout_notes=True, predict_low_minutes=20, fast_drop=True, fast_drop_rate_mgdl=2.5, fast_drop_minutes=20,
         high_repeat_minutes=45, high_snooze_minutes=90, urgent_high_mgdl=320.0, urgent_high_minutes=0,
@@ -328,6 +328,11 @@ def every_field_set() -> User:
     defaults = User(id="", email="")
     unset = [f.name for f in dataclasses.fields(User) if getattr(user, f.name) == getattr(defaults, f.name)]
     assert not unset, f"give these fields a non-default value in every_field_set: {unset}"
+    contact_defaults = Contact("")
+    assert user.emergency_contact is not None
+    unset = [f.name for f in dataclasses.fields(Contact)
+             if getattr(user.emergency_contact, f.name) == getattr(contact_defaults, f.name)]
+    assert not unset, f"give the emergency contact a non-default value for: {unset}"
     return user
 
 
@@ -380,6 +385,41 @@ def test_the_poller_reads_the_alert_states_it_asks_for_in_one_call_and_only_thos
     assert each_store.all_states() == versions
     assert each_store.all_states({"ben", "cai", "never-polled"}) == {"ben": versions["ben"], "cai": versions["cai"]}
     assert each_store.all_states(set()) == {}
+
+
+def test_a_ladder_in_progress_survives_the_round_trip(each_store: Any) -> None:
+    """Every field of an episode and of its calls (the user's and the contact's on the
+    ladder) differs from its default here, so a field a store forgets shows up."""
+    from models import CallRecord
+
+    call = CallRecord(key="sub-ana:low-1:call:2", placed_at=T0 + 120, outcome="unanswered", detail="no-answer",
+                      escalated=True, queued=True, to="+14155552671")
+    ladder_call = CallRecord(key="sub-ana:low-1:ladder:2:1", placed_at=T0 + 160, outcome="stopped",
+                             detail="Ben pressed 1 first", escalated=True, queued=True, to="+14155552672")
+    episode = Episode(id="low-1", kind="high", started_at=T0, calls=2, last_call_at=T0 + 120, call=call,
+                      acknowledged_at=T0 + 200, contact_rounds=2, last_contacts_at=T0 + 150,
+                      alerted=[["+14155552672", "sms"], ["+14155552673", "whatsapp"]], why="falling fast",
+                      urgent_high_since=T0, urgent=True, ladder_round=2, ladder_step=1, ladder_active=True,
+                      ladder_call=ladder_call, acks=1, acknowledged_by="Ben")
+    for record, defaults in ((episode, Episode(id="", kind="", started_at=0.0)),
+                             (call, CallRecord(key="", placed_at=0.0)), (ladder_call, CallRecord(key="", placed_at=0.0))):
+        unset = [f.name for f in dataclasses.fields(record) if getattr(record, f.name) == getattr(defaults, f.name)]
+        assert not unset, f"give these fields a non-default value here: {unset}"
+    state = AlertState(episode=episode)
+    assert each_store.commit("sub-ana", state, 0, [])
+    read, _version = each_store.get_state("sub-ana")
+    assert read == state
+
+
+def test_a_contact_stored_before_the_mode_existed_is_called(each_store: Any) -> None:
+    """Waking someone is the point: a contact saved without a mode is on the ladder."""
+    assert Contact.from_value({"phone": "+14155552672", "channel": "sms"}) == Contact("+14155552672", "sms")
+    assert Contact.from_value({"phone": "+14155552672", "mode": "page me"}) == Contact("+14155552672")
+    assert Contact("+14155552672").mode == "call" and Contact("+14155552672").is_called
+    user = make_user(emergency_contact=Contact("+14155552672", "sms", "Bo", mode="text"))
+    each_store.save_user(user)
+    read = each_store.get_user(user.id)
+    assert read == user and read.ladder == user.extra_contacts
 
 
 def test_what_the_alert_safety_rules_remember_survives_the_round_trip(each_store: Any) -> None:

@@ -345,8 +345,12 @@ def test_a_call_that_cannot_be_placed_tells_the_contacts_the_truth(
         summary = trace.poll()
         assert len(fake.throttled("vonage.calls")) >= 2  # retried, not given up at the first 429
         assert summary.counts["calls"] == 0
-        (call,) = [e for e in trace.log() if e.kind == "call"]
+        (call,) = [e for e in trace.log() if e.purpose == "alert"]
         assert call.status == "expired" and call.error.startswith("not placed within")
+        # the ladder went on through every contact, each call given up in its turn, never twice
+        ladder = [e for e in trace.log() if e.purpose == "ladder"]
+        assert sorted(e.recipient for e in ladder) == sorted(c.phone for c in trace.store.get_user("ana").ladder)  # type: ignore[union-attr]
+        assert all(e.status == "expired" for e in ladder)
         texts = trace.texts("contacts")
         assert len(texts) == 3
         assert all(t.startswith("Scout alert: Scout could not reach Ana by phone about a low blood glucose.")

@@ -49,7 +49,7 @@ def test_an_alert_call_asks_for_a_key_and_reports_its_final_status_to_scout(
     assert gather.attrib == {"action": f"{SITE_URL}/webhooks/twilio/gather?call={key}", "method": "POST",
                              "numDigits": "1", "timeout": "8"}
     assert [say.text for say in gather.findall("Say")] == call_script(SPEECH)
-    assert [say.text for say in twiml.findall("Say")] == ["No key was pressed. Scout will tell your contacts. Goodbye."]
+    assert [say.text for say in twiml.findall("Say")] == ["No key was pressed. Scout will keep trying to reach someone. Goodbye."]
 
 
 def test_the_spoken_text_is_xml_escaped_by_the_sdk(tmp_path: Path, fake: FakeProviders) -> None:

@@ -54,7 +54,7 @@ def test_an_alert_call_speaks_the_alert_collects_one_digit_and_reports_events_to
             {"action": "talk", "text": " ".join(call_script(SPEECH)), "bargeIn": True},
             {"action": "input", "type": ["dtmf"], "dtmf": {"maxDigits": 1, "timeOut": 8},
              "eventUrl": [f"{SITE_URL}/webhooks/vonage/input?call={key}"], "eventMethod": "POST"},
-            {"action": "talk", "text": "No key was pressed. Scout will tell your contacts. Goodbye."},
+            {"action": "talk", "text": "No key was pressed. Scout will keep trying to reach someone. Goodbye."},
         ],
         "event_url": [f"{SITE_URL}/webhooks/vonage/events?call={key}"],
         "event_method": "POST",

@@ -40,9 +40,10 @@ def test_the_dev_sign_in_then_saving_settings_stores_them_in_e164(
     assert user is not None
     assert user.phone == "+14155552671"
     assert user.emergency_contact is not None and user.emergency_contact.as_dict() == {
-        "phone": "+14155552672", "channel": "whatsapp"}
+        "phone": "+14155552672", "channel": "whatsapp", "mode": "call"}  # no mode in the form: called
     assert [c.as_dict() for c in user.extra_contacts] == [
-        {"phone": "+442079460958", "channel": "sms"}, {"phone": "+14155552674", "channel": "whatsapp"}]
+        {"phone": "+442079460958", "channel": "sms", "mode": "call"},
+        {"phone": "+14155552674", "channel": "whatsapp", "mode": "call"}]
     page = client.get("/").get_data(as_text=True)
     # shown back the way people write numbers, not as raw E.164 (issue 14)
     assert 'value="+1 415-555-2671"' in page and 'value="+44 20 7946 0958"' in page

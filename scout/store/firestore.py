@@ -47,6 +47,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from models import (
     CHANNELS,
+    CONTACT_MODES,
     UNSENT_STATUSES,
     AlertState,
     Contact,
@@ -164,12 +165,13 @@ def _tutorial_phone(value: Any) -> str:
     return f"+{text}" if text.isdigit() else text
 
 
-def _contact(value: Any, channel: Any = None, name: Any = None) -> Contact | None:
+def _contact(value: Any, channel: Any = None, name: Any = None, mode: Any = None) -> Contact | None:
     contact = Contact.from_value(value)
     if contact is None:
         return None
     chosen = channel if channel in CHANNELS else contact.channel
-    return Contact(_tutorial_phone(contact.phone), chosen, contact.name or str(name or ""))
+    return Contact(_tutorial_phone(contact.phone), chosen, contact.name or str(name or ""),
+                   mode if mode in CONTACT_MODES else contact.mode)
 
 
 def user_from_document(doc_id: str, data: dict[str, Any]) -> User:
@@ -187,7 +189,7 @@ def user_from_document(doc_id: str, data: dict[str, Any]) -> User:
         nightscout_api_secret=str(data.get("nightscout_api_secret") or ""),
         phone=_tutorial_phone(data.get("phone")),
         emergency_contact=_contact(data.get("emerg_contact"), data.get("emerg_contact_channel"),
-                                    data.get("emerg_contact_name")),
+                                    data.get("emerg_contact_name"), data.get("emerg_contact_mode")),
         extra_contacts=tuple(c for c in extra if c),
         units=str(data.get("units") or "mg/dL"),
         low_mgdl=float(data.get("low_mgdl") or User.low_mgdl),
@@ -221,6 +223,7 @@ def user_to_document(user: User, now: float) -> dict[str, Any]:
         "emerg_contact": emergency.phone if emergency else "",
         "emerg_contact_channel": emergency.channel if emergency else "sms",
         "emerg_contact_name": emergency.name if emergency else "",
+        "emerg_contact_mode": emergency.mode if emergency else "call",
         "nightscout_api": user.nightscout_url,
         "nightscout_token": user.nightscout_token,
         "nightscout_api_secret": user.nightscout_api_secret,

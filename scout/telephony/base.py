@@ -38,5 +38,10 @@ class Messenger(Protocol):
 
 
 def call_script(speech: str) -> list[str]:
-    """What an alert call says, in order: the alert twice, then how to acknowledge."""
+    """What an alert call says, in order: the alert twice, then how to acknowledge. A speech
+    that ends with its own request for a 1 (a contact's call on the ladder: "Press 1 if you
+    will check on Ana.") keeps it, said once more at the end instead of the user's."""
+    alert, found, ask = speech.rpartition(" Press 1 ")
+    if found:
+        return [speech, "Again: " + alert, "Press 1 " + ask]
     return [speech, "Again: " + speech, PRESS_ONE]

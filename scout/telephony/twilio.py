@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 GATHER_TIMEOUT = 8  # seconds Twilio waits for a key after the prompt
 CALL_TIME_LIMIT = 120  # seconds: the alert takes under a minute; never leave a long voicemail
-NO_KEY_PRESSED = "No key was pressed. Scout will tell your contacts. Goodbye."
+NO_KEY_PRESSED = "No key was pressed. Scout will keep trying to reach someone. Goodbye."
 ACKNOWLEDGED_SPEECH = "Thank you. Scout has noted that you heard this alert. Goodbye."
 
 # What to tell the operator or user for the errors they can fix; every 4xx is permanent.

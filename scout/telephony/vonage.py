@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 INPUT_TIMEOUT = 8  # seconds Vonage waits for a key after the prompt
 CALL_LENGTH_LIMIT = 120  # seconds after answering: never leave a long voicemail
-NO_KEY_PRESSED = "No key was pressed. Scout will tell your contacts. Goodbye."
+NO_KEY_PRESSED = "No key was pressed. Scout will keep trying to reach someone. Goodbye."
 ACKNOWLEDGED_SPEECH = "Thank you. Scout has noted that you heard this alert. Goodbye."
 
 
