@@ -95,7 +95,8 @@ def form_values(user: User) -> dict[str, Any]:
         "emergency_contact": readable_phone(contact.phone) if contact else "",
         "emergency_channel": contact.channel if contact else "sms",
         "emergency_name": contact.name if contact else "",
-        "extra_contacts": [{"phone": readable_phone(c.phone), "channel": c.channel, "name": c.name}
+        "emergency_mode": contact.mode if contact else "call",
+        "extra_contacts": [{"phone": readable_phone(c.phone), "channel": c.channel, "name": c.name, "mode": c.mode}
                            for c in user.extra_contacts],
         "units": user.units,
         "low": f"{from_mgdl(user.low_mgdl, user.units):g}",
@@ -140,6 +141,7 @@ def submitted_values(user: User) -> dict[str, Any]:
     credentials are not echoed back into the page; the saved ones' hints stay."""
     form = request.form
     phones, channels, names = form.getlist("extra_contacts"), form.getlist("extra_channels"), form.getlist("extra_names")
+    modes = form.getlist("extra_modes")
     return {
         **form_values(user),
         **{k: form.get(k, "") for k in ("nightscout_url", "phone", "emergency_contact", "emergency_name", "low", "high",
@@ -154,8 +156,10 @@ def submitted_values(user: User) -> dict[str, Any]:
                                          "night_high", "time_zone") if k in form},
         "night_thresholds": form.get("night_thresholds") == "1",
         "emergency_channel": form.get("emergency_channel", "sms"),
+        "emergency_mode": form.get("emergency_mode", "call"),
         "extra_contacts": [
-            {"phone": p, "channel": channels[i] if i < len(channels) else "sms", "name": names[i] if i < len(names) else ""}
+            {"phone": p, "channel": channels[i] if i < len(channels) else "sms", "name": names[i] if i < len(names) else "",
+             "mode": modes[i] if i < len(modes) else "call"}
             for i, p in enumerate(phones)
         ],
     }

@@ -18,6 +18,7 @@ from werkzeug.datastructures import MultiDict
 
 from models import (
     CHANNELS,
+    CONTACT_MODES,
     DEFAULT_HIGH_MGDL,
     DEFAULT_LOW_MGDL,
     DEFAULT_TIME_ZONE,
@@ -119,6 +120,19 @@ def _channel(value: str) -> str:
     return value if value in CHANNELS else "sms"
 
 
+MODE_ERROR = "Choose “Call and text” or “Text only” for this contact."
+
+
+def read_mode(value: str | None, errors: dict[str, str], key: str) -> str:
+    """A contact's mode: "call" (called on the ladder and texted) or "text" (texted only).
+    A form without the field (an older page) means "call": waking someone is the point."""
+    chosen = (value or "").strip() or "call"
+    if chosen not in CONTACT_MODES:
+        errors.setdefault(key, MODE_ERROR)
+        return "call"
+    return chosen
+
+
 def contact_name(raw: str | None) -> str:
     """A contact's name as texts greet them: one line, at most MAX_NAME_LENGTH characters."""
     return " ".join("".join(ch for ch in (raw or "") if ch.isprintable()).split())[:MAX_NAME_LENGTH]
@@ -128,6 +142,7 @@ def read_contacts(
     phones: Sequence[str], channels: Sequence[str], region: str, errors: dict[str, str], taken: set[str],
     allowed_countries: frozenset[str] = frozenset(),
     names: Sequence[str] = (),
+    modes: Sequence[str] = (),
 ) -> list[Contact]:
     """The extra contacts in page order. Empty rows are skipped; an error is keyed by the
     row's position on the page. `taken` holds numbers already used elsewhere in the form."""
@@ -153,7 +168,9 @@ def read_contacts(
             errors[f"extra_contacts-{index}"] = f"{number} is already listed above; each number is texted once."
             continue
         taken.add(number)
-        contacts.append(Contact(number, _channel(channel), contact_name(names[index] if index < len(names) else "")))
+        mode = read_mode(modes[index] if index < len(modes) else "", errors, f"extra_contacts-{index}")
+        contacts.append(Contact(number, _channel(channel), contact_name(names[index] if index < len(names) else ""),
+                                mode))
     return contacts
 
 
@@ -414,7 +431,8 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
     phone, emergency = read_phones(form, region, errors, allowed_countries)
     taken = {number for number in (phone, emergency) if number}
     extra = read_contacts(form.getlist("extra_contacts"), form.getlist("extra_channels"), region, errors, taken,
-                          allowed_countries, form.getlist("extra_names"))
+                          allowed_countries, form.getlist("extra_names"), form.getlist("extra_modes"))
+    emergency_mode = read_mode(form.get("emergency_mode"), errors, "emergency_mode")
     low, high = read_thresholds(form, units, errors)
     night = read_night(form, units, user, errors)
     lowest_low = min(low, night.low) if night.on and math.isfinite(night.low) else low
@@ -437,7 +455,7 @@ def read_settings(form: MultiDict[str, str], user: User, region: str, allow_priv
             nightscout_api_secret=secret,
             phone=phone,
             emergency_contact=Contact(emergency, _channel(form.get("emergency_channel", "sms")),
-                                      contact_name(form.get("emergency_name"))),
+                                      contact_name(form.get("emergency_name")), emergency_mode),
             extra_contacts=tuple(extra),
             units=units,
             low_mgdl=low,

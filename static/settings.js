@@ -34,6 +34,10 @@
       row.querySelector("[data-label=phone]").htmlFor = phone.id;
       row.querySelector("[data-label=phone]").textContent = "Contact " + n + " phone";
       row.querySelector("[data-label=channel]").htmlFor = channel.id;
+      var mode = row.querySelector("select[name=extra_modes]");
+      mode.id = "extra-mode-" + n;
+      row.querySelector("[data-label=mode]").htmlFor = mode.id;
+      row.querySelector("[data-label=mode]").textContent = "Contact " + n + ": if you do not answer";
       row.querySelector("[data-remove-contact]").setAttribute("aria-label", "Delete contact " + n);
     });
   }
