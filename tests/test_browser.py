@@ -97,7 +97,7 @@ def test_a_person_fills_everything_manages_five_contacts_and_the_saved_page_show
     page.get_by_label("Nightscout address").fill(f"{base}/dev/nightscout/steady")
     page.get_by_label("Access token (optional)").fill("reader-token-x7")
     page.get_by_label("Your phone number (Scout calls it)").fill("+1 415 555 2671")
-    page.get_by_label("Emergency contact (texted if you do not answer)").fill("+1 415 555 2672")
+    page.get_by_label("Emergency contact (alerted first if you do not answer)").fill("+1 415 555 2672")
     page.locator("#emergency_channel").select_option("whatsapp")
 
     for i in range(5):
@@ -150,7 +150,7 @@ def test_a_bad_phone_number_shows_next_to_its_field_and_an_xss_payload_never_run
     sign_in(page, base, email="bo@example.com")
     page.get_by_label("Nightscout address").fill(f"{base}/dev/nightscout/steady")
     page.get_by_label("Your phone number (Scout calls it)").fill("call me maybe")
-    page.get_by_label("Emergency contact (texted if you do not answer)").fill(XSS)
+    page.get_by_label("Emergency contact (alerted first if you do not answer)").fill(XSS)
     page.get_by_role("button", name="Add a contact").click()
     page.get_by_label("Contact 1 phone").fill(XSS)
     page.get_by_role("button", name="Save settings").click()
@@ -158,7 +158,7 @@ def test_a_bad_phone_number_shows_next_to_its_field_and_an_xss_payload_never_run
     page.locator("#phone-error").wait_for()
     assert "is not a phone number" in page.locator("#phone-error").inner_text()
     assert page.get_by_label("Your phone number (Scout calls it)").input_value() == "call me maybe"  # kept
-    assert page.get_by_label("Emergency contact (texted if you do not answer)").input_value() == XSS
+    assert page.get_by_label("Emergency contact (alerted first if you do not answer)").input_value() == XSS
     assert page.get_by_label("Contact 1 phone").input_value() == XSS
     assert page.locator("#settings img, #settings-card script").count() == 0  # rendered as text only
     page.wait_for_timeout(300)

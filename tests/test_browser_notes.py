@@ -20,7 +20,7 @@ def test_notes_need_a_token_the_error_sits_by_the_option_and_the_page_says_what_
     sign_in(page, base, email="cy@example.com")
     page.get_by_label("Nightscout address").fill(f"{base}/dev/nightscout/steady")
     page.get_by_label("Your phone number (Scout calls it)").fill("+1 415 555 2671")
-    page.get_by_label("Emergency contact (texted if you do not answer)").fill("+1 415 555 2672")
+    page.get_by_label("Emergency contact (alerted first if you do not answer)").fill("+1 415 555 2672")
     option = page.get_by_label("Note Scout's calls, texts to contacts, acknowledgements and all-clears on my Nightscout chart")
     option.check(force=True)  # Materialize draws the box over the input
     page.get_by_role("button", name="Save settings").click()

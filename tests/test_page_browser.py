@@ -125,7 +125,7 @@ def sign_in_and_save(page: Any, live: LiveScout, scenario: str = "low") -> None:
     page.get_by_role("button", name="Sign in").click()
     page.locator("#status-headline").wait_for()
     page.get_by_label("Nightscout address").fill(live.scenario(scenario))
-    for label in ("Your phone number (Scout calls it)", "Emergency contact (texted if you do not answer)"):
+    for label in ("Your phone number (Scout calls it)", "Emergency contact (alerted first if you do not answer)"):
         field = page.get_by_label(label)
         field.fill(field.get_attribute("placeholder"))  # the page's own examples must be accepted
     page.get_by_role("button", name="Save settings").click()
