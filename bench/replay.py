@@ -214,10 +214,12 @@ class Figures:
     texts: int | None
     delays: dict[int, list[float | None]]  # per threshold (70, 54), minutes to the first call, None if missed
     in_range_calls: int
+    contact_calls: int | None = None  # calls to the user's contacts (Scout's ladder); None: no such thing
 
     def row(self, label: str, who: str) -> str:
         texts = "-" if self.texts is None else str(self.texts)
-        cells = [f"{label:<20}{who:<13}{self.calls:>6}{texts:>7}"]
+        contact_calls = "-" if self.contact_calls is None else str(self.contact_calls)
+        cells = [f"{label:<20}{who:<13}{self.calls:>6}{contact_calls:>9}{texts:>7}"]
         for below in (70, 54):
             delays = self.delays[below]
             caught = sum(d is not None for d in delays)
@@ -227,11 +229,12 @@ class Figures:
         return "".join(cells)
 
 
-def figures(day: Day, calls: list[tuple[float, str]], texts: int | None) -> Figures:
+def figures(day: Day, calls: list[tuple[float, str]], texts: int | None, contact_calls: int | None = None) -> Figures:
+    """The figures of one patient-day from the calls to the person (time, kind of episode)."""
     low_calls = [at for at, kind in calls if kind == "low"]
     delays = {below: [first_call_minutes(e, low_calls) for e in episodes(day, below)] for below in (70, 54)}
     in_range = sum(LOW <= true_glucose_at(day, at) <= HIGH for at, _ in calls)
-    return Figures(len(calls), texts, delays, in_range)
+    return Figures(len(calls), texts, delays, in_range, contact_calls)
 
 
 def nightscout_simple_alarms(day: Day) -> list[tuple[float, str]]:
@@ -315,7 +318,7 @@ def main() -> None:
           f"range {LOW:.0f}-{HIGH:.0f} mg/dL, polled each minute by the real poller")
     print("Calls answered with a 1: 75% from 07:00 to 22:00, 15% at night. 'first call' lists, per episode of the "
           "true glucose, the minutes from its start to the first low call (negative: before it; miss: none).")
-    header = (f"{'patient-day':<20}{'who':<13}{'calls':>6}{'texts':>7}"
+    header = (f"{'patient-day':<20}{'who':<13}{'calls':>6}{'contacts':>9}{'texts':>7}"
               f"{'<70: n':>7}{'caught':>7}  {'first call (min)':<17}{'<54: n':>7}{'caught':>7}  {'first call (min)':<17}"
               f"{'in-range':>9}")
     print(header)
@@ -328,7 +331,8 @@ def main() -> None:
             calls = [(c.at, c.kind) for c in people.calls if c.to == phone]
             everyone = {phone, phone_of(variant, index, 6), phone_of(variant, index, 7)}
             texts = sum(to in everyone for _, to, _ in people.texts)
-            totals[name].append(figures(day, calls, texts))
+            contact_calls = sum(c.to in everyone - {phone} for c in people.calls)
+            totals[name].append(figures(day, calls, texts, contact_calls))
             print(totals[name][-1].row(label if variant == 0 else "", name))
         ns = figures(day, nightscout_simple_alarms(day), None)
         totals["NS simple"].append(ns)
@@ -342,7 +346,8 @@ def main() -> None:
             if any(d is not None for d in caught[b]) else f"<{b}: 0/{len(caught[b])} caught"
             for b in (70, 54))
         text_total = "-" if rows[0].texts is None else str(sum(f.texts or 0 for f in rows))
-        print(f"{who:<12} calls {sum(f.calls for f in rows)}, texts {text_total}, {summary}, "
+        contacts = "" if rows[0].contact_calls is None else f", contact calls {sum(f.contact_calls or 0 for f in rows)}"
+        print(f"{who:<12} calls {sum(f.calls for f in rows)}{contacts}, texts {text_total}, {summary}, "
               f"in-range calls {sum(f.in_range_calls for f in rows)}")
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"simulation {simulated:.0f} s, replay {replayed:.0f} s; {load}")
