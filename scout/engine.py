@@ -11,12 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from models import AlertState, LogEntry, Store, StoreUnavailable, User
 from scout.alerts import (
     ACKNOWLEDGED,
     UNPLACED,
+    URGENCY_CONTACTS,
     Action,
     Decision,
     Rules,
@@ -221,18 +223,30 @@ class Engine:
 
     # --- sending ------------------------------------------------------------------
 
-    def deliver(self, user: User, entries: list[LogEntry], poll: PollResult, result: UserResult) -> None:
+    def deliver(self, user: User, entries: list[LogEntry], poll: PollResult, result: UserResult,
+                later: Callable[[float, Callable[[], object]], None] | None = None) -> None:
         """The second half of `poll_user`: send recorded entries in order, counted in
         `result`; a call whose outcome is known at once is acted on at once. An entry for a
-        send queue is handed to it instead, in the order given (most urgent first)."""
+        send queue is handed to it instead, in the order given (most urgent first).
+
+        With `later`, acting on a call's known outcome (deciding again, then texting the
+        contacts) is handed to it as a step of its own, with its place in the send order
+        (after every call, among the contacts' sends): the poller runs it once the calls
+        already waiting are placed. It runs only after the call was placed and marked, so
+        the user's call still comes before their contacts' texts."""
         for entry in entries:
             if self.hand_off(entry, result):
                 continue
             outcome = self.send(entry, result)
             if outcome is not None:
                 # the call's outcome is already known (it failed, or it cannot be answered):
-                # apply it and decide again on the same readings, so the escalation follows now
-                self.apply_call_outcome(user, entry.key, *outcome, poll=poll, result=result)
+                # apply it and decide again on the same readings, so the escalation follows
+                follow_up = partial(self.apply_call_outcome, user, entry.key, *outcome, poll=poll, result=result)
+                if later is None:
+                    follow_up()
+                else:  # the most urgent call's follow-up first; all of them after the calls
+                    later(URGENCY_CONTACTS + min(max(entry.urgency, 0.0), URGENCY_CONTACTS) / URGENCY_CONTACTS,
+                          follow_up)
         self.note_on_nightscout(user, notes_for(user, entries))
 
     def hand_off(self, entry: LogEntry, result: UserResult | None = None) -> bool:

@@ -7,7 +7,8 @@ neither flood the provider (and have calls refused) nor let a user at 45 mg/dL w
 behind repeat calls and all-clears.
 
 `Pacer` hands out send slots at a fixed rate, to the most urgent waiter first.
-`SendQueue` runs whole jobs (one user's sends) on a few threads, most urgent first, so
+`SendQueue` runs jobs (one user's sends; then, as a job of its own, what their call's known
+outcome sets off, such as their contacts' texts) on a few threads, most urgent first, so
 that the order holds even when far more users are waiting than there are threads.
 Both work in one process: with N processes sending, give each rate/N (see
 `SCOUT_CALLS_PER_SECOND` in docs). Across instances, the Cloud Tasks send queues hold one
@@ -115,8 +116,9 @@ class SendQueue:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, urgency: float, fn: Callable[..., T], *args: Any) -> Future[T]:
-        future: Future[T] = Future()
+    def submit(self, urgency: float, fn: Callable[..., T], *args: Any, future: Future[T] | None = None) -> Future[T]:
+        """Run `fn(*args)` when its turn comes; its result goes to `future` (a new one unless given)."""
+        future = Future() if future is None else future
         with self._condition:
             if self._closed:
                 raise RuntimeError("the send queue is closed")

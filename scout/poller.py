@@ -157,13 +157,20 @@ _collection_saved: list[Any] = []
 Outcome = Future["UserResult | Future[UserResult]"]
 
 
+class FollowUp(Future[Any]):
+    """A user's result still waiting for what their call's known outcome set off (deciding
+    again and texting the contacts), queued after every call waiting to be placed. Their
+    call is placed: the users at risk's head start does not wait for it."""
+
+
 def settled(decision: Outcome | UserResult) -> UserResult:
-    """A user's result, once recorded and, if there was anything to send, sent. Settled
-    on the loop, it is the result itself: no Future to make for most users."""
-    if isinstance(decision, UserResult):
-        return decision
-    result = decision.result()
-    return result.result() if isinstance(result, Future) else result
+    """A user's result, once recorded and, if there was anything to send, sent (and what a
+    call's outcome set off, done). Settled on the loop, it is the result itself: no Future
+    to make for most users."""
+    result: Any = decision
+    while isinstance(result, Future):
+        result = result.result()
+    return result
 
 
 def partition_of(user_id: str, processes: int) -> int:
@@ -592,7 +599,7 @@ class Poller:
         def when_settled(outcome: Future[Any]) -> None:
             # runs in whichever thread settles it; the count is kept on the loop
             result = outcome.result() if not outcome.cancelled() and outcome.exception() is None else None
-            if isinstance(result, Future):
+            if isinstance(result, Future) and not isinstance(result, FollowUp):
                 result.add_done_callback(when_settled)
             else:
                 loop.call_soon_threadsafe(one_risk_settled)
@@ -720,7 +727,7 @@ class Poller:
                 write.done.set_result(self._finish(write.result, write.started))
 
     def _record_one(self, user: User, poll: PollResult, observed: dict[str, Any],
-                    started: float) -> UserResult | Future[UserResult]:
+                    started: float) -> UserResult | Future[Any]:
         """Decide and record (in a recording thread); what is to be sent is handed to the
         sending threads, whose Future is then this user's result."""
         try:
@@ -733,14 +740,36 @@ class Poller:
         return self._finish(result, started)
 
     def _send_one(self, user: User, poll: PollResult, result: UserResult, entries: list[LogEntry],
-                  started: float) -> UserResult:
+                  started: float) -> UserResult | Future[Any]:
+        """One user's sends, in a sending thread. What a call's known outcome sets off (the
+        contacts' texts) is a job of its own, queued behind every call waiting: a send thread
+        is not held by one user's contacts while another user's call waits (issue 11)."""
+        steps: list[tuple[float, Callable[[], object]]] = []
         try:
-            self.engine.deliver(user, entries, poll, result)
+            self.engine.deliver(user, entries, poll, result, later=lambda urgency, step: steps.append((urgency, step)))
         except Exception as exc:  # recorded all the same: a later cycle sends what is left
-            decided_at = result.decided_at
-            result = self._failed(user, exc)
-            result.decided_at = decided_at
+            result = self._failed_sending(user, exc, result)
+        if steps:
+            try:
+                return self._send_queue.submit(min(urgency for urgency, _ in steps), self._follow_up, user, result,
+                                               steps, started, future=FollowUp())
+            except RuntimeError:  # the queue is closing: follow up here rather than drop it
+                return self._follow_up(user, result, steps, started)
         return self._finish(result, started)
+
+    def _follow_up(self, user: User, result: UserResult, steps: list[tuple[float, Callable[[], object]]],
+                   started: float) -> UserResult:
+        try:
+            for _urgency, step in steps:
+                step()
+        except Exception as exc:  # the call is placed and marked; its outcome is settled later
+            result = self._failed_sending(user, exc, result)
+        return self._finish(result, started)
+
+    def _failed_sending(self, user: User, exc: Exception, result: UserResult) -> UserResult:
+        failed = self._failed(user, exc)
+        failed.decided_at = result.decided_at
+        return failed
 
     @staticmethod
     def _failed(user: User, exc: Exception) -> UserResult:

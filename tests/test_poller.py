@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
+from models import Contact
 from scout.config import Config
 from scout.poller import Poller, collection_paused
 from scout.store.sqlite import SqliteStore
@@ -230,3 +231,67 @@ def test_polls_running_at_once_in_one_process_leave_the_collector_as_they_found_
         thread.join(20)
     assert seen["after the first left"] == (True, True)  # still paused for the poll still running
     assert gc.isenabled() and gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
+
+
+class OrderedSends(HeldCalls):
+    """HeldCalls that also notes every call and message in the order the provider got them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def place_call(self, to: str, speech: str, call_key: str) -> CallPlaced:
+        placed = super().place_call(to, speech, call_key)
+        with self._lock:
+            self.order.append(("call", to))
+        return placed
+
+    def send_message(self, to: str, channel: str, body: str) -> str:
+        sent_id = super().send_message(to, channel, body)
+        with self._lock:
+            self.order.append((channel, to))
+        return sent_id
+
+
+@pytest.mark.parametrize("mode", ["text", "call"])
+def test_every_waiting_users_call_is_placed_before_any_contact_is_texted(
+    config: Config, store: SqliteStore, low_site: HTTPServer, mode: str
+) -> None:
+    # Five users low at once and one sending thread: the first call is held until every
+    # user's call is recorded, so all five wait in the send queue together. The unanswered
+    # console call of the first must not hold the thread while its contacts are texted:
+    # the other four are called first, then every user's contacts (issue 11).
+    # With "Text only" contacts the order is each user's call, then the texts; with "Call and
+    # text" the ladder's calls to contacts come after every user's own call too.
+    names = ["ana", "ben", "cy", "dee", "eve"]
+    for n, name in enumerate(names):
+        store.save_user(make_user(low_site.url_for("/"), id=name, email=f"{name}@example.com",
+                                  phone=f"+1415555000{n}", emergency_contact=Contact(f"+1415555100{n}", mode=mode),
+                                  extra_contacts=(Contact(f"+1415555200{n}", "whatsapp", mode=mode),
+                                                  Contact(f"+1415555300{n}", mode=mode))))
+    messenger = OrderedSends()
+    poller = Poller(config, store=store, messenger=messenger, workers=1)
+    with ThreadPoolExecutor(1) as background:
+        cycle = background.submit(poller.run_cycle)
+        try:
+            assert messenger.placing.wait(10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(
+                    any(e.kind == "call" for e in store.user_log(name)) for name in names):
+                time.sleep(0.02)
+        finally:
+            messenger.release.set()
+        summary = cycle.result(20)
+    poller.close()
+    ladder_calls = 15 if mode == "call" else 0  # console calls go unanswered: each user's 3 contacts
+    assert summary.error == "" and summary.counts["calls"] == 5 + ladder_calls and summary.counts["messages"] == 15
+    kinds = [kind for kind, _to in messenger.order]
+    assert sorted(messenger.order[:5]) == [("call", f"+1415555000{n}") for n in range(5)], messenger.order
+    assert sum(kind == "call" for kind in kinds) == 5 + ladder_calls
+    assert len(kinds) == 20 + ladder_calls and all(e.status == "sent" for name in names for e in store.user_log(name))
+    # each user's contacts heard after that user's own call, never before
+    for name in names:
+        call = next(e for e in store.user_log(name) if e.purpose == "alert")
+        texts = [e for e in store.user_log(name) if e.purpose == "contacts"]
+        assert len(texts) == 3 and all(t.created_at >= call.updated_at for t in texts)
