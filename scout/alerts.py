@@ -702,9 +702,11 @@ def acknowledge(user: User, ep: Episode, by: str, how: str, now: float) -> list[
     if ep.call is not None and ep.call.outcome in (PENDING, UNANSWERED):
         ep.call.outcome, ep.call.detail = ACKNOWLEDGED, how if by == user.phone else f"{how} ({who})"
     ep.ladder_active = False
+    # A contact's call still pending is never placed, or its 1 ignored: also the call of the
+    # contact who just replied OK (they are on it; a 1 on that call would tell everyone twice).
     current = ep.ladder_call
-    if current is not None and current.outcome == PENDING and current.to != by:
-        current.outcome, current.detail = STOPPED, f"{who} {how} first"
+    if current is not None and current.outcome == PENDING:
+        current.outcome, current.detail = STOPPED, f"{who} {how}" + ("" if current.to == by else " first")
     recipients = ([[user.phone, "sms"]] if ep.calls and user.phone else []) + ep.alerted
     told = {by}
     actions = []

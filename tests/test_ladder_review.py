@@ -81,8 +81,6 @@ def test_reordering_the_contacts_mid_round_neither_calls_anyone_twice_nor_skips_
     assert sorted(called) == sorted([CY.phone, BEN.phone])  # on main: Bo again, then Ben; Cy never
 
 
-@pytest.mark.xfail(strict=True, reason="acknowledge() stops the ladder's call in progress only when it is "
-                                       "someone else's: a contact who replied OK is still called")
 def test_a_contact_who_replies_ok_while_their_call_waits_in_the_queue_is_not_called() -> None:
     state = first_contact_called()
     ep = state.episode
@@ -95,8 +93,6 @@ def test_a_contact_who_replies_ok_while_their_call_waits_in_the_queue_is_not_cal
     assert not call_still_due(reply.state, bo_call)  # on main, Bo is still called
 
 
-@pytest.mark.xfail(strict=True, reason="a contact's OK by text leaves their own ringing call pending: their 1 on "
-                                       "it acknowledges a second time and everyone is told twice")
 def test_a_contact_who_replies_ok_and_then_presses_1_on_their_ringing_call_tells_nobody_twice() -> None:
     from scout.alerts import settle_call
 
