@@ -255,11 +255,13 @@ class Episode:
     urgent: bool = False  # a low below the user's urgent low at the last fresh reading
     # The ladder: after the user's call goes unacknowledged, the contacts are called one at a
     # time in the user's order (User.ladder). `ladder_round` counts the rounds of this episode
-    # (for the calls' keys), `ladder_step` how many contacts this round has reached, and
-    # `ladder_call` is the current (or last) contact's call. `ladder_active` is False once
-    # everyone was tried, or someone pressed 1.
+    # (for the calls' keys), `ladder_step` how many contacts this round has reached,
+    # `ladder_called` their numbers (so a contact removed, set to text only or moved mid-round
+    # neither skips anyone nor is called twice), and `ladder_call` is the current (or last)
+    # contact's call. `ladder_active` is False once everyone was tried, or someone pressed 1.
     ladder_round: int = 0
     ladder_step: int = 0
+    ladder_called: list[str] = field(default_factory=list)
     ladder_active: bool = False
     ladder_call: CallRecord | None = None
     acks: int = 0  # acknowledgements in this episode (each tells the others once)
@@ -320,6 +322,7 @@ class AlertState:
         call = replace(ep.call) if ep.call is not None else None
         ladder_call = replace(ep.ladder_call) if ep.ladder_call is not None else None
         return replace(self, episode=replace(ep, call=call, ladder_call=ladder_call,
+                                             ladder_called=list(ep.ladder_called),
                                              alerted=[list(pair) for pair in ep.alerted]),
                        seen=list(self.seen))
 

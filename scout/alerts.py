@@ -564,7 +564,7 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
     if not ep.ladder_active and user.ladder:
         # a new round of calls to the contacts, from the first (see _climb_ladder)
         ep.ladder_round += 1
-        ep.ladder_step, ep.ladder_active, ep.ladder_call = 0, True, None
+        ep.ladder_step, ep.ladder_active, ep.ladder_call, ep.ladder_called = 0, True, None, []
     repeat = rules.urgent_contact_repeat if ep.urgent else rules.contact_repeat
     if ep.last_contacts_at is not None and now - ep.last_contacts_at < repeat:
         return  # contacts were texted recently in this episode
@@ -642,11 +642,17 @@ def _climb_ladder(user: User, ep: Episode, latest: Reading | None, now: float, r
     if not ep.ladder_active or (current is not None and current.outcome == PENDING):
         return  # no round running, or one call at a time: wait for this one's outcome
     ladder = user.ladder
-    if ep.ladder_step >= len(ladder):
+    # The contacts not called yet in this round, in the user's order as it is now: a contact
+    # removed, set to text only or moved up mid-round neither skips anyone nor is called twice.
+    # (A round stored before `ladder_called` existed reached the first `ladder_step` of them.)
+    called = ep.ladder_called or [c.phone for c in ladder[:ep.ladder_step]]
+    waiting = [c for c in ladder if c.phone not in called]
+    if not waiting:
         ep.ladder_active = False
         d.escalation = _joined(d.escalation, f"every contact on the ladder was called (round {ep.ladder_round})")
         return
-    contact = ladder[ep.ladder_step]
+    contact = waiting[0]
+    ep.ladder_called = [*called, contact.phone]
     ep.ladder_step += 1
     key = f"{user.id}:{ep.id}:ladder:{ep.ladder_round}:{ep.ladder_step}"
     speech = ladder_speech(user, contact, ep, latest, now)
@@ -657,7 +663,7 @@ def _climb_ladder(user: User, ep: Episode, latest: Reading | None, now: float, r
                                   else 500.0)
     d.actions.append(Action(key, "call", "ladder", contact.phone, speech, urgency=first))
     d.escalation = _joined(d.escalation, f"calling {person_name(user, contact.phone)} "
-                                         f"(contact {ep.ladder_step} of {len(ladder)} on the ladder)")
+                                         f"(contact {ep.ladder_step} of {ep.ladder_step + len(waiting) - 1} on the ladder)")
 
 
 def _joined(first: str, second: str) -> str:

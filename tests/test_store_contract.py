@@ -400,7 +400,7 @@ def test_a_ladder_in_progress_survives_the_round_trip(each_store: Any) -> None:
                       acknowledged_at=T0 + 200, contact_rounds=2, last_contacts_at=T0 + 150,
                       alerted=[["+14155552672", "sms"], ["+14155552673", "whatsapp"]], why="falling fast",
                       urgent_high_since=T0, urgent=True, ladder_round=2, ladder_step=1, ladder_active=True,
-                      ladder_call=ladder_call, acks=1, acknowledged_by="Ben")
+                      ladder_called=["+14155552672"], ladder_call=ladder_call, acks=1, acknowledged_by="Ben")
     for record, defaults in ((episode, Episode(id="", kind="", started_at=0.0)),
                              (call, CallRecord(key="", placed_at=0.0)), (ladder_call, CallRecord(key="", placed_at=0.0))):
         unset = [f.name for f in dataclasses.fields(record) if getattr(record, f.name) == getattr(defaults, f.name)]
