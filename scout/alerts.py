@@ -639,6 +639,9 @@ def _climb_ladder(user: User, ep: Episode, latest: Reading | None, now: float, r
     current = ep.ladder_call
     if current is not None:
         _time_out(current, now, rules)
+        if current.outcome == PENDING and current.queued and current.to not in {c.phone for c in user.ladder}:
+            # not placed yet, and the contact was removed or set to "Text only" since: never placed
+            current.outcome, current.detail = STOPPED, "no longer on the ladder"
     if not ep.ladder_active or (current is not None and current.outcome == PENDING):
         return  # no round running, or one call at a time: wait for this one's outcome
     ladder = user.ladder
@@ -690,7 +693,7 @@ def ladder_speech(user: User, contact: Contact, ep: Episode, latest: Reading | N
     else:
         missed = f"{name} did not answer Scout's call."
     before = ep.ladder_call
-    if before is not None and before.to and before.to != contact.phone:
+    if before is not None and before.to and before.to != contact.phone and before.outcome in (UNANSWERED, UNPLACED):
         other = person_name(user, before.to)
         missed += (f" Scout could not reach {other} by phone either." if before.outcome == UNPLACED
                    else f" {other[:1].upper()}{other[1:]} did not answer either.")
@@ -792,6 +795,17 @@ def record_call_placed(state: AlertState, call_key: str, now: float) -> bool:
     if call is None or not call.queued or call.outcome != PENDING:
         return False
     call.queued, call.placed_at = False, now
+    return True
+
+
+def stop_call(state: AlertState, call_key: str, why: str) -> bool:
+    """A contact's call recorded but not placed yet, made pointless (the contact was removed
+    or set to "Text only" since): it is never placed, and the ladder goes on. Returns False
+    if nothing changed."""
+    call = _call_record(state, call_key)
+    if call is None or call.outcome != PENDING or not call.queued or not call.to:
+        return False
+    call.outcome, call.detail = STOPPED, why
     return True
 
 

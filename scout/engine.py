@@ -28,6 +28,7 @@ from scout.alerts import (
     person_name,
     record_call_placed,
     settle_call,
+    stop_call,
 )
 from scout.cloudtasks import EnqueueError, SendTasks
 from scout.forecast import readings_wanted
@@ -405,6 +406,14 @@ class Engine:
             return True
         if claimed.purpose not in ("alert", "ladder"):
             return False  # a test call from the settings page belongs to no episode
+        if claimed.purpose == "ladder":
+            user = self.store.get_user(claimed.user_id)
+            if user is None or claimed.recipient not in {c.phone for c in user.ladder}:
+                why = "the contact was removed or set to text only before the call was placed"
+                self._update_state(claimed.user_id, lambda state: stop_call(state, claimed.key, why))
+                self.store.update_log(claimed.key, status="expired", error=why, claimed_until=0.0)
+                log_action("skipped", claimed, why=why)
+                return True
         state, _version = self.store.get_state(claimed.user_id)
         if call_still_due(state, claimed.key):
             return False

@@ -114,3 +114,16 @@ def test_a_round_stored_before_the_called_list_existed_goes_on_where_it_was() ->
     assert ladder_calls(d) == [BEN.phone]
     assert d.state.episode is not None and d.state.episode.ladder_called == [BO.phone, BEN.phone]
     assert state.copy().episode.ladder_called is not state.episode.ladder_called  # type: ignore[union-attr]
+
+
+def test_a_contact_set_to_text_only_before_their_queued_call_is_placed_is_skipped_truthfully() -> None:
+    state = first_contact_called()  # Bo's call recorded, still waiting in the send queue
+    ep = state.episode
+    assert ep is not None and ep.ladder_call is not None and ep.ladder_call.queued
+    bo_call = ep.ladder_call.key
+    bo_texts_only = replace(ANA, emergency_contact=replace(BO, mode="text"))
+    d = decide(bo_texts_only, readings(62, now=NOW + 60), state, NOW + 60, RULES)
+    assert not call_still_due(d.state, bo_call)
+    (ben,) = [a for a in d.actions if a.purpose == "ladder"]
+    assert ben.recipient == BEN.phone
+    assert "Bo" not in ben.text  # Bo was never called: not "Bo did not answer either"
