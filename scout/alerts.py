@@ -690,14 +690,23 @@ def ladder_speech(user: User, contact: Contact, ep: Episode, latest: Reading | N
         news += f" Scout is calling early: it is {ep.why}."
     if ep.call is not None and ep.call.outcome == UNPLACED:
         missed = f"Scout could not reach {name} by phone."
+    elif ep.call is not None and _answered_without_a_key(ep.call):
+        missed = f"{name} answered Scout's call but did not press 1."
     else:
         missed = f"{name} did not answer Scout's call."
     before = ep.ladder_call
     if before is not None and before.to and before.to != contact.phone and before.outcome in (UNANSWERED, UNPLACED):
         other = person_name(user, before.to)
+        said = other[:1].upper() + other[1:]  # at the start of a sentence
         missed += (f" Scout could not reach {other} by phone either." if before.outcome == UNPLACED
-                   else f" {other[:1].upper()}{other[1:]} did not answer either.")
+                   else f" {said} answered but did not press 1 either." if _answered_without_a_key(before)
+                   else f" {said} did not answer either.")
     return f"{hello}This is Scout, calling about {name}. {news} {missed} Press 1 if you will check on {name}."
+
+
+def _answered_without_a_key(call: CallRecord) -> bool:
+    """Someone picked up and hung up without a key: never say they "did not answer"."""
+    return call.outcome == UNANSWERED and call.detail.startswith("completed without a key")
 
 
 def acknowledge(user: User, ep: Episode, by: str, how: str, now: float) -> list[Action]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
 from tests.telephony_setup import EMERGENCY, USER_PHONE, WHATSAPP_CONTACT
 from tests.test_ladder import BEN, BO, CY, call_to, called, finish, spoken, trace, watch  # noqa: F401 (trace is a fixture)
 from tests.test_traces import MINUTE, START, Trace
@@ -39,8 +37,6 @@ def test_a_contact_set_to_text_only_while_their_call_waits_unsent_is_never_calle
     assert [e.status for e in bo] == ["expired"]  # in Recent alerts: not placed, and why
 
 
-@pytest.mark.xfail(strict=True, reason="the ladder's speech says a person 'did not answer' when they answered and "
-                                       "pressed nothing")
 def test_a_person_who_answered_and_pressed_nothing_is_never_said_to_have_not_answered(
         trace: Trace) -> None:  # noqa: F811
     watch(trace, 62)
