@@ -159,6 +159,8 @@ def decide(user: User, poll: PollResult, state: AlertState, now: float, rules: R
         _escalate_unanswered(user, s.episode, latest, now, rules, decision)
         _climb_ladder(user, s.episode, latest, now, rules, decision)
     if held:
+        if s.episode is not None and not s.episode.urgent:
+            _end_round_for_pause(s.episode, decision)
         decision.summary = (decision.summary + "; " if decision.summary else "") + (
             f"alerts paused until {clock_time(user.paused_until)}: no call")
         return decision
@@ -667,6 +669,19 @@ def _climb_ladder(user: User, ep: Episode, latest: Reading | None, now: float, r
     d.actions.append(Action(key, "call", "ladder", contact.phone, speech, urgency=first))
     d.escalation = _joined(d.escalation, f"calling {person_name(user, contact.phone)} "
                                          f"(contact {ep.ladder_step} of {ep.ladder_step + len(waiting) - 1} on the ladder)")
+
+
+def _end_round_for_pause(ep: Episode, d: Decision) -> None:
+    """A pause set during a round (not an urgent low's) ends it: the user is awake and has
+    seen Scout. A contact's call not placed yet never is; after the pause the user is called
+    first, and a new round starts only if that call goes unacknowledged."""
+    if not ep.ladder_active:
+        return
+    ep.ladder_active = False
+    current = ep.ladder_call
+    if current is not None and current.outcome == PENDING and current.queued:
+        current.outcome, current.detail = STOPPED, "the user paused alerts"
+    d.escalation = _joined(d.escalation, "the user paused alerts: the ladder's round ends")
 
 
 def _joined(first: str, second: str) -> str:
