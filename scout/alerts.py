@@ -579,7 +579,9 @@ def _escalate_unanswered(user: User, ep: Episode, latest: Reading | None, now: f
     if call.outcome == UNPLACED:  # never "did not answer" for a call that was never placed
         what = f"Scout could not reach {user.display_name} by phone about a {ep.kind} blood glucose."
     else:
-        what = f"{user.display_name} did not answer a call about a {ep.kind} blood glucose."
+        what = (f"{user.display_name} answered a call about a {ep.kind} blood glucose but did not press 1."
+                if _answered_without_a_key(call)
+                else f"{user.display_name} did not answer a call about a {ep.kind} blood glucose.")
     text = f"{what} {news} Please check on {user.display_name}."
     for contact in user.contacts:
         d.actions.append(

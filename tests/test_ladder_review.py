@@ -155,3 +155,15 @@ def test_a_pause_set_while_a_contacts_call_waits_unsent_stops_it_but_not_an_urge
     urgent_key = urgent.episode.ladder_call.key if urgent.episode and urgent.episode.ladder_call else ""
     still = decide(paused, readings(50, now=NOW + 50), urgent, NOW + 50, RULES)
     assert call_still_due(still.state, urgent_key)
+
+
+def test_the_contacts_texts_say_the_user_answered_without_a_key_never_that_she_did_not_answer() -> None:
+    state = decide(ANA, readings(62), AlertState(), NOW, RULES).state
+    assert state.episode is not None and state.episode.call is not None
+    assert record_call_placed(state, state.episode.call.key, NOW + 1)
+    assert record_call_outcome(state, state.episode.call.key, "unanswered", "completed without a key press", NOW + 40)
+    d = decide(ANA, readings(62, now=NOW + 40), state, NOW + 40, RULES)
+    texts = [a.text for a in d.actions if a.purpose == "contacts"]
+    assert len(texts) == 3
+    assert all("Ana answered a call about a low blood glucose but did not press 1." in t for t in texts)
+    assert not any("did not answer" in t for t in texts)
