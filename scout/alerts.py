@@ -532,10 +532,15 @@ def _call_due(user: User, s: AlertState, ep: Episode, now: float, rules: Rules) 
 def urgency(ep: Episode, reading: Reading) -> float:
     """The call's place in the send queue: first calls before repeats, lows before highs,
     the lowest low (or the highest high) first."""
-    base = URGENCY_FIRST_CALL if ep.calls <= 1 else URGENCY_REPEAT_CALL
-    if ep.kind == "low":
-        return base + min(max(reading.mgdl, 0.0), 499.0)
-    return base + 500 + max(0.0, 499.0 - min(reading.mgdl, 999.0) / 2)
+    return (URGENCY_FIRST_CALL if ep.calls <= 1 else URGENCY_REPEAT_CALL) + _rank_by_value(ep.kind, reading.mgdl)
+
+
+def _rank_by_value(kind: str, mgdl: float) -> float:
+    """A call's place within its band: lows (0-499) before highs (500-999), the lowest low
+    and the highest high first."""
+    if kind == "low":
+        return min(max(mgdl, 0.0), 499.0)
+    return 500 + max(0.0, 499.0 - min(mgdl, 999.0) / 2)
 
 
 def _place_call(user: User, s: AlertState, ep: Episode, latest: Reading, delta: float | None, now: float,
@@ -666,8 +671,7 @@ def _climb_ladder(user: User, ep: Episode, latest: Reading | None, now: float, r
     ep.ladder_call = CallRecord(key=key, placed_at=now, queued=True, to=contact.phone)
     if [contact.phone, contact.channel] not in ep.alerted:
         ep.alerted.append([contact.phone, contact.channel])
-    first = URGENCY_FIRST_CALL + (min(max(latest.mgdl, 0.0), 499.0) if latest is not None and ep.kind == "low"
-                                  else 500.0)
+    first = URGENCY_FIRST_CALL + (_rank_by_value(ep.kind, latest.mgdl) if latest is not None else 500.0)
     d.actions.append(Action(key, "call", "ladder", contact.phone, speech, urgency=first))
     d.escalation = _joined(d.escalation, f"calling {person_name(user, contact.phone)} "
                                          f"(contact {ep.ladder_step} of {ep.ladder_step + len(waiting) - 1} on the ladder)")
